@@ -27,8 +27,11 @@ class OperationalError(CeleriacError):
     """The broker could not be reached or used, after any retries the policy allowed."""
 
 
-class BrokerFileError(OperationalError):
-    """The embedded SQLite broker's file cannot be used: unwritable, not a database, corrupt."""
+class BrokerFileError(CeleriacError):
+    """The embedded SQLite broker's file cannot be used: unwritable, not a database, corrupt.
+
+    Not an ``OperationalError``: retrying cannot help, the file or its path must change.
+    """
 
 
 class NotFound(OperationalError):

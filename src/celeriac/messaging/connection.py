@@ -10,6 +10,7 @@ operation; the faces differ only in how they wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from celeriac.messaging.consumer import Consumer
+    from celeriac.messaging.consumer import Consumer as ConsumerT
     from celeriac.messaging.pools import ConnectionPool
     from celeriac.messaging.producer import Producer
 
@@ -41,7 +43,7 @@ class Channel:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.consumers: list[Consumer] = []
+        self.consumers: list[ConsumerT] = []
         self.prefetch_count = 0
 
     @property
@@ -107,10 +109,8 @@ class Connection:
             transport, self._transport = self._transport, None
             self._declared.clear()
         if transport is not None:
-            try:
+            with contextlib.suppress(Exception):  # the session is already broken
                 transport.close()
-            except Exception:  # noqa: BLE001 (the session is already broken)
-                pass
 
     def close(self) -> None:
         """Cancel consumers and end the session; unacked messages go back to the broker."""
@@ -164,19 +164,19 @@ class Connection:
             self._default_channel = self.channel()
         return self._default_channel
 
-    def Producer(self, **kwargs: Any) -> Producer:  # noqa: N802 (kombu's name)
+    def Producer(self, **kwargs: Any) -> Producer:
         """A producer on the default channel; see ``Producer`` for the arguments."""
         from celeriac.messaging.producer import Producer
 
         return Producer(self, **kwargs)
 
-    def Consumer(self, queues: Sequence[Queue] | Queue = (), **kwargs: Any) -> Consumer:  # noqa: N802
+    def Consumer(self, queues: Sequence[Queue] | Queue = (), **kwargs: Any) -> Consumer:
         """A consumer on the default channel; see ``Consumer`` for the arguments."""
         from celeriac.messaging.consumer import Consumer
 
         return Consumer(self, queues, **kwargs)
 
-    def Pool(self, limit: int | None = 10) -> ConnectionPool:  # noqa: N802 (kombu's name)
+    def Pool(self, limit: int | None = 10) -> ConnectionPool:
         """A pool of up to ``limit`` connections like this one."""
         from celeriac.messaging.pools import ConnectionPool
 
@@ -214,7 +214,7 @@ class Connection:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     # -- draining -------------------------------------------------------------------------
-    def _active_consumers(self) -> list[Consumer]:
+    def _active_consumers(self) -> list[ConsumerT]:
         return [c for ch in self.channels for c in ch.consumers if c.capacity() > 0]
 
     def drain_events(self, timeout: float | None = None) -> None:

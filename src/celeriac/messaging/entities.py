@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
+from celeriac.messaging.routing import EXCHANGE_TYPES
 
 
 @dataclass(frozen=True, slots=True)

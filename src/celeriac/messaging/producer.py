@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from celeriac.messaging import compression as compressors
+import celeriac.messaging.compression as compressors
 from celeriac.messaging import serialization
 from celeriac.messaging.connection import Channel, Connection
 from celeriac.messaging.entities import DEFAULT_EXCHANGE, Exchange, Queue

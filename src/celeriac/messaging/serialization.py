@@ -1,19 +1,18 @@
 """Turning message bodies into bytes and back, the way Celery and kombu do on the wire.
 
-A :class:`Serializer` pairs a name (``json``) with the MIME content type written in the
-message's ``content-type`` property (``application/json``) and its encode/decode functions.
-The module-level :data:`registry` knows Celery's four: ``json`` (the default and the only one
-accepted unless configured otherwise), ``pickle``, ``yaml`` and ``msgpack``. The last two are
-registered by name from the start but import their package on first use, so a missing package
-only matters to those who use it.
+A :class:`Serializer` pairs a name (``json``) with the MIME type written in the message's
+``content-type`` (``application/json``) and its encode/decode functions. The module-level
+:data:`registry` knows Celery's four: ``json`` (the default, and the only one consumers accept
+unless configured otherwise), ``pickle``, ``yaml`` and ``msgpack``; the last two are known by
+name from the start but import their package only on first use.
 
-JSON carries a few extra Python types as ``{"__type__": marker, "__value__": value}`` objects,
-exactly as kombu 5.3+ does, so bodies round-trip with Celery workers: ``datetime``, ``date``,
-``time``, ``decimal``, ``uuid`` (``{"hex": ..., "version": ...}``), ``bytes`` (UTF-8 text) and
-``base64`` (bytes that are not UTF-8). Sets are not JSON and fail to encode, as in kombu.
+JSON carries extra Python types as ``{"__type__": marker, "__value__": value}``, exactly as
+kombu 5.3+ does: ``datetime``, ``date``, ``time`` (ISO 8601), ``decimal`` (str), ``uuid``
+(``{"hex": ..., "version": ...}``), ``bytes`` (UTF-8 text) and ``base64`` (other bytes).
+Tuples become lists; sets fail to encode, as in kombu.
 
-:func:`loads` checks the content type against the accept list *before* decoding anything, so
-a pickle body is never unpickled by a consumer that did not opt in to pickle.
+:func:`loads` checks the content type against the accept list *before* decoding anything, so a
+pickle body is never unpickled by a consumer that did not opt in to pickle.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from celeriac.exceptions import (
@@ -38,26 +38,11 @@ from celeriac.exceptions import (
     MissingDependency,
 )
 
-__all__ = [
-    "DEFAULT_ACCEPT",
-    "PICKLE_PROTOCOL",
-    "TRUSTED_CONTENT_TYPES",
-    "Serializer",
-    "SerializerRegistry",
-    "accept_content_types",
-    "dumps",
-    "loads",
-    "register_json_type",
-    "registry",
-]
-
 #: What consumers accept unless configured otherwise: JSON only.
 DEFAULT_ACCEPT: frozenset[str] = frozenset({"application/json"})
-#: Raw payloads that are never refused by an accept list (they are not decoded, only returned).
-TRUSTED_CONTENT_TYPES: frozenset[str] = frozenset(
-    {"application/data", "application/text", "text/plain"}
-)
-#: Kombu's default pickle protocol; every Python 3.4+ reader understands it.
+#: Raw payloads no accept list refuses: they are returned as bytes or str, never decoded.
+TRUSTED_CONTENT_TYPES = frozenset({"application/data", "application/text", "text/plain"})
+#: Kombu's pickle protocol; every Python 3.4+ reader understands it.
 PICKLE_PROTOCOL = 4
 _BINARY_ENCODINGS = frozenset({"binary", "ascii-8bit"})
 
@@ -81,10 +66,9 @@ class Serializer:
     decode: Callable[[bytes], Any]
 
 
-# --- JSON ---------------------------------------------------------------------------------
+# --- JSON ----------------------------------------------------------------------------------
 
-_JsonEncoder = Callable[[Any], dict[str, Any]]
-_JSON_ENCODERS: dict[type, _JsonEncoder] = {}
+_JSON_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
 _JSON_DECODERS: dict[str, Callable[[Any], Any]] = {}
 
 
@@ -95,13 +79,13 @@ def _tagged(marker: str, value: Any) -> dict[str, Any]:
 def register_json_type(
     cls: type, marker: str, encode: Callable[[Any], Any], decode: Callable[[Any], Any]
 ) -> None:
-    """Teach the JSON serializer an extra type, carried as ``{"__type__": marker, ...}``.
+    """Teach the JSON serializer a type, sent as ``{"__type__": marker, "__value__": ...}``.
 
     Args:
-        cls: The Python type (subclasses match too, in registration order).
-        marker: The ``__type__`` value; must match what other readers expect.
+        cls: The type; subclasses match too, in registration order.
+        marker: The ``__type__`` value other readers know it by.
         encode: Turns an instance into a JSON-able ``__value__``.
-        decode: Turns the ``__value__`` back into an instance.
+        decode: Turns a ``__value__`` back into an instance.
     """
     _JSON_ENCODERS[cls] = lambda obj: _tagged(marker, encode(obj))
     _JSON_DECODERS[marker] = decode
@@ -115,10 +99,11 @@ def _encode_bytes(data: bytes) -> dict[str, Any]:
 
 
 def _decode_uuid(value: dict[str, Any]) -> uuid.UUID:
-    return uuid.UUID(hex=value["hex"], version=value.get("version"))
+    # "version" repeats bits already in "hex"; passing it on would refuse v6-v8 on Python < 3.14.
+    return uuid.UUID(hex=value["hex"])
 
 
-# datetime before date: a datetime is also a date, and subclasses match in this order.
+# datetime before date: a datetime is a date too, and subclasses match in this order.
 register_json_type(datetime, "datetime", datetime.isoformat, datetime.fromisoformat)
 register_json_type(date, "date", date.isoformat, date.fromisoformat)
 register_json_type(time, "time", time.isoformat, time.fromisoformat)
@@ -126,14 +111,14 @@ register_json_type(Decimal, "decimal", str, Decimal)
 register_json_type(uuid.UUID, "uuid", lambda u: {"hex": u.hex, "version": u.version}, _decode_uuid)
 _JSON_ENCODERS[bytes] = _encode_bytes
 _JSON_DECODERS["bytes"] = lambda text: text.encode("utf-8")
-_JSON_DECODERS["base64"] = lambda text: base64.b64decode(text.encode("ascii"), validate=True)
+_JSON_DECODERS["base64"] = lambda text: base64.b64decode(text, validate=True)
 
 
 def _json_default(obj: Any) -> Any:
     encode = _JSON_ENCODERS.get(type(obj))
     if encode is not None:
         return encode(obj)
-    reducer = getattr(obj, "__json__", None)
+    reducer = getattr(obj, "__json__", None)  # kombu's hook for custom classes
     if reducer is not None:
         return reducer()
     for cls, encode in _JSON_ENCODERS.items():
@@ -166,10 +151,6 @@ def _json_loads(body: bytes) -> Any:
 # --- the other built-ins -------------------------------------------------------------------
 
 
-def _pickle_dumps(data: Any) -> bytes:
-    return pickle.dumps(data, protocol=PICKLE_PROTOCOL)
-
-
 def _load_yaml() -> Serializer:
     try:
         import yaml
@@ -191,27 +172,43 @@ def _load_msgpack() -> Serializer:
         raise MissingDependency(
             "The msgpack serializer needs msgpack: pip install celeriac[msgpack]"
         ) from exc
+    encode = partial(msgpack.packb, use_bin_type=True)
+    return Serializer(
+        "msgpack", "application/x-msgpack", "binary", encode, partial(msgpack.unpackb, raw=False)
+    )
 
-    def encode(data: Any) -> bytes:
-        body: bytes = msgpack.packb(data, use_bin_type=True)
+
+def _raw_dumps(data: Any, serializer: str | None) -> tuple[str, str, bytes]:
+    if isinstance(data, bytes):
+        return "application/data", "binary", data
+    if isinstance(data, str):
+        try:
+            payload = data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodeError(f"Cannot encode text as UTF-8: {exc}") from exc
+        return ("text/plain" if serializer is None else "application/data"), "utf-8", payload
+    raise EncodeError(f"The raw serializer sends bytes or str, not {type(data).__name__}")
+
+
+def _raw_loads(body: bytes, content_encoding: str | None) -> bytes | str:
+    encoding = (content_encoding or "utf-8").lower()
+    if encoding in _BINARY_ENCODINGS or isinstance(body, str):
         return body
-
-    def decode(body: bytes) -> Any:
-        return msgpack.unpackb(body, raw=False)
-
-    return Serializer("msgpack", "application/x-msgpack", "binary", encode, decode)
+    try:
+        return body.decode(encoding)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"Cannot decode raw body as {encoding}: {exc}") from exc
 
 
 # --- the registry --------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     name: str
     content_type: str
     aliases: tuple[str, ...]
-    serializer: Serializer | None
-    loader: Callable[[], Serializer]
+    load: Callable[[], Serializer]
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
@@ -225,35 +222,28 @@ class SerializerRegistry:
     """Serializers by name, alias and content type, some of them loaded on first use."""
 
     def __init__(self) -> None:
-        """Create an empty registry (see :meth:`with_builtins` for Celery's four)."""
+        """Create an empty registry (:meth:`with_builtins` makes one with Celery's four)."""
         self._names: dict[str, _Entry] = {}  # names and aliases
         self._types: dict[str, _Entry] = {}
-        self._ready_names: dict[str, Serializer] = {}  # the hot paths' one-lookup caches
+        self._ready_names: dict[str, Serializer] = {}  # loaded ones: the hot paths' caches
         self._ready_types: dict[str, Serializer] = {}
 
     @classmethod
     def with_builtins(cls) -> SerializerRegistry:
-        """Return a registry with ``json``, ``pickle``, ``yaml`` and ``msgpack``."""
+        """Return a new registry with ``json``, ``pickle``, ``yaml`` and ``msgpack``."""
         reg = cls()
         reg.register(Serializer("json", "application/json", "utf-8", _json_dumps, _json_loads))
-        reg.register(
-            Serializer(
-                "pickle", "application/x-python-serialize", "binary", _pickle_dumps, pickle.loads
-            )
-        )
+        pickle_dumps = partial(pickle.dumps, protocol=PICKLE_PROTOCOL)
+        pickle_ct = "application/x-python-serialize"
+        reg.register(Serializer("pickle", pickle_ct, "binary", pickle_dumps, pickle.loads))
         reg.register_lazy("yaml", "application/x-yaml", _load_yaml)
         reg.register_lazy("msgpack", "application/x-msgpack", _load_msgpack)
         return reg
 
     def register(self, serializer: Serializer, aliases: Iterable[str] = ()) -> None:
-        """Add a serializer, replacing any registered under the same name.
-
-        Args:
-            serializer: The serializer.
-            aliases: Other names that select it.
-        """
-        ready = serializer
-        self._add(_Entry(ready.name, ready.content_type, tuple(aliases), ready, lambda: ready))
+        """Add a serializer (and other names for it), replacing any other of the same name."""
+        self.register_lazy(serializer.name, serializer.content_type, lambda: serializer, aliases)
+        self._resolve(self._names[serializer.name])
 
     def register_lazy(
         self,
@@ -262,33 +252,25 @@ class SerializerRegistry:
         loader: Callable[[], Serializer],
         aliases: Iterable[str] = (),
     ) -> None:
-        """Add a serializer whose implementation is built (and imported) on first use.
+        """Add a serializer that is built, importing its package, only when first used.
 
         Args:
             name: Its name.
-            content_type: Its MIME type, known before loading so accept lists can use it.
+            content_type: Its MIME type, known up front so accept lists can name it.
             loader: Builds the serializer; raises :class:`MissingDependency` if it cannot.
             aliases: Other names that select it.
         """
-        self._add(_Entry(name, content_type, tuple(aliases), None, loader))
-
-    def _add(self, entry: _Entry) -> None:
-        if entry.name in self._names:
-            self.unregister(entry.name)
-        for key in (entry.name, *entry.aliases):
+        if name in self._names:
+            self.unregister(name)
+        entry = _Entry(name, content_type, tuple(aliases), loader)
+        for key in (name, *entry.aliases):
             self._names[key] = entry
-        self._types[entry.content_type] = entry
-        if entry.serializer is not None:
-            self._mark_ready(entry, entry.serializer)
-
-    def _mark_ready(self, entry: _Entry, serializer: Serializer) -> None:
-        entry.serializer = serializer
-        for key in (entry.name, *entry.aliases):
-            self._ready_names[key] = serializer
-        self._ready_types[entry.content_type] = serializer
+            self._ready_names.pop(key, None)
+        self._types[content_type] = entry
+        self._ready_types.pop(content_type, None)
 
     def unregister(self, name: str) -> None:
-        """Remove a serializer (by name or alias) with all its aliases.
+        """Remove a serializer, given its name or an alias, with all its aliases.
 
         Raises:
             ImproperlyConfigured: No serializer has that name.
@@ -302,10 +284,6 @@ class SerializerRegistry:
             del self._types[entry.content_type]
             self._ready_types.pop(entry.content_type, None)
 
-    def names(self) -> list[str]:
-        """Return the registered names and aliases, sorted."""
-        return sorted(self._names)
-
     def _entry(self, name: str) -> _Entry:
         entry = self._names.get(name)
         if entry is None:
@@ -313,10 +291,12 @@ class SerializerRegistry:
         return entry
 
     def _resolve(self, entry: _Entry) -> Serializer:
-        serializer = entry.serializer
+        serializer = self._ready_names.get(entry.name)
         if serializer is None:
-            serializer = entry.loader()
-            self._mark_ready(entry, serializer)
+            serializer = entry.load()
+            for key in (entry.name, *entry.aliases):
+                self._ready_names[key] = serializer
+            self._ready_types[entry.content_type] = serializer
         return serializer
 
     def get(self, name: str) -> Serializer:
@@ -341,7 +321,7 @@ class SerializerRegistry:
         return self._resolve(entry)
 
     def content_type_of(self, name_or_content_type: str) -> str:
-        """Return the MIME type for a serializer name; a MIME type (with ``/``) is returned as is.
+        """Return a serializer name's MIME type; a MIME type (it has a ``/``) comes back as is.
 
         Raises:
             ImproperlyConfigured: Unknown serializer name.
@@ -351,21 +331,42 @@ class SerializerRegistry:
         return self._entry(name_or_content_type).content_type
 
     def accept_content_types(self, accept: Iterable[str] | None) -> frozenset[str] | None:
-        """Normalise an accept list of names and/or MIME types to MIME types (None stays None).
+        """Normalise an accept list of names and/or MIME types to MIME types; None stays None.
 
         Raises:
-            ImproperlyConfigured: An entry is an unknown serializer name.
+            ImproperlyConfigured: An item is an unknown serializer name.
         """
         if accept is None:
             return None
         return frozenset(self.content_type_of(item) for item in accept)
 
+    def check_accept(self, content_type: str | None, accept: Collection[str] | None) -> None:
+        """Refuse a content type that ``accept`` (names and/or MIME types; None: all) forbids.
+
+        A missing content type means ``application/data``; raw payloads are always allowed.
+
+        Raises:
+            ContentDisallowed: The content type is not accepted.
+            ImproperlyConfigured: ``accept`` names an unknown serializer.
+        """
+        ctype = content_type or "application/data"
+        if accept is None or ctype in accept or ctype in TRUSTED_CONTENT_TYPES:
+            return
+        accepted = self.accept_content_types(accept) or frozenset()
+        if ctype not in accepted:
+            entry = self._types.get(ctype)
+            label = f"{entry.name} ({ctype})" if entry else ctype
+            raise ContentDisallowed(
+                f"Refusing to deserialize untrusted content of type {label}; "
+                f"accepted: {', '.join(sorted(accepted)) or 'nothing'}"
+            )
+
     def dumps(self, data: Any, serializer: str | None = "json") -> tuple[str, str, bytes]:
         """Serialize a value; return ``(content_type, content_encoding, body)``.
 
         Args:
-            data: The value. With ``serializer=None``, bytes are sent as ``application/data``
-                and str as ``text/plain``; anything else uses JSON.
+            data: The value. With ``serializer=None``, bytes go as ``application/data`` and
+                str as ``text/plain``; anything else as JSON.
             serializer: Name or alias of the serializer; ``raw`` sends bytes or str as is.
 
         Raises:
@@ -393,23 +394,23 @@ class SerializerRegistry:
         content_encoding: str | None,
         accept: Collection[str] | None = None,
     ) -> Any:
-        """Deserialize a message body, refusing content types not in ``accept``.
+        """Deserialize a message body, first refusing content types not in ``accept``.
 
         Args:
             body: The message body.
             content_type: Its MIME type; missing means raw ``application/data``.
-            content_encoding: Its character set, or ``binary``; used for raw payloads.
+            content_encoding: Its charset, or ``binary``; raw payloads are decoded with it.
             accept: Serializer names and/or MIME types to allow; None allows all. Raw
                 payloads (``application/data``, ``text/plain``) are always allowed.
 
         Raises:
             ContentDisallowed: The content type is not accepted (nothing was decoded).
-            DecodeError: Unknown content type, or the body is not valid for it.
+            DecodeError: Unknown content type, or a body that is not valid for it.
             MissingDependency: The serializer's optional package is not installed.
         """
         ctype = content_type or "application/data"
-        if accept is not None and ctype not in accept and ctype not in TRUSTED_CONTENT_TYPES:
-            self._check_accepted(ctype, accept)
+        if accept is not None and ctype not in accept:
+            self.check_accept(ctype, accept)
         codec = self._ready_types.get(ctype)
         if codec is None:
             if ctype in TRUSTED_CONTENT_TYPES:
@@ -422,41 +423,10 @@ class SerializerRegistry:
         except Exception as exc:
             raise DecodeError(f"Cannot deserialize {ctype} body: {exc}") from exc
 
-    def _check_accepted(self, content_type: str, accept: Collection[str]) -> None:
-        accepted = self.accept_content_types(accept)
-        if accepted is not None and content_type not in accepted:
-            entry = self._types.get(content_type)
-            label = f"{entry.name} ({content_type})" if entry else content_type
-            raise ContentDisallowed(
-                f"Refusing to deserialize untrusted content of type {label}; "
-                f"accepted: {', '.join(sorted(accepted)) or 'nothing'}"
-            )
 
-
-def _raw_dumps(data: Any, serializer: str | None) -> tuple[str, str, bytes]:
-    if isinstance(data, bytes):
-        return "application/data", "binary", data
-    if isinstance(data, str):
-        try:
-            payload = data.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise EncodeError(f"Cannot encode text as UTF-8: {exc}") from exc
-        return ("text/plain" if serializer is None else "application/data"), "utf-8", payload
-    raise EncodeError(f"The raw serializer sends bytes or str, not {type(data).__name__}")
-
-
-def _raw_loads(body: bytes, content_encoding: str | None) -> bytes | str:
-    encoding = (content_encoding or "utf-8").lower()
-    if encoding in _BINARY_ENCODINGS or isinstance(body, str):
-        return body
-    try:
-        return body.decode(encoding)
-    except (LookupError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"Cannot decode raw body as {encoding}: {exc}") from exc
-
-
-#: The registry the rest of celeriac uses.
+#: The registry the rest of celeriac uses; the functions below are its bound methods.
 registry = SerializerRegistry.with_builtins()
 dumps = registry.dumps
 loads = registry.loads
+check_accept = registry.check_accept
 accept_content_types = registry.accept_content_types

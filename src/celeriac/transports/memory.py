@@ -105,7 +105,9 @@ class MemoryTransport(Transport):
         owner = self._id if (queue.exclusive or queue.auto_delete) else None
         with self._broker.cond:
             if queue.name not in self._broker.queues:
-                self._broker.queues[queue.name] = _MemQueue(queue.name, QueuePolicy.of(queue), owner)
+                self._broker.queues[queue.name] = _MemQueue(
+                    queue.name, QueuePolicy.of(queue), owner
+                )
             for binding in queue.all_bindings():
                 self._bind_locked(queue.name, binding)
 

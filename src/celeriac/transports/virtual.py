@@ -89,7 +89,9 @@ class QueuePolicy:
         if key is None:
             key = routing_key
         headers = dict(envelope.headers)
-        headers["x-death"] = _add_death(headers.get("x-death"), queue, exchange, routing_key, reason)
+        headers["x-death"] = _add_death(
+            headers.get("x-death"), queue, exchange, routing_key, reason
+        )
         headers.setdefault("x-first-death-reason", reason)
         headers.setdefault("x-first-death-queue", queue)
         # A dead-lettered message must not expire again on its per-message TTL (RabbitMQ
@@ -121,4 +123,3 @@ def _add_death(
         },
     )
     return entries
-

@@ -1,0 +1,80 @@
+"""The embedded broker's storage layout: every table and index, in one place.
+
+What lives where:
+
+- ``exchanges``: declared exchanges (name, type, flags).
+- ``queues``: declared queues; ``policy`` is the JSON of their TTL/limits/dead-letter
+  settings; ``owner`` is the session that declared an exclusive or auto-delete queue
+  (the queue goes with it); ``last_used`` serves the queue ``expires`` setting.
+- ``bindings``: exchange -> queue rules (routing key, headers arguments as JSON).
+- ``messages``: one row per message per queue. ``owner`` is NULL while the message is ready
+  and holds the consuming session's id while it is leased; the row is deleted only when
+  acked. ``meta`` is the JSON ``[headers, properties]``; ``body`` the raw bytes.
+- ``sessions``: live client sessions and their heartbeats. A session whose heartbeat is
+  stale, or whose process on this host is gone, is dead: its leased messages return to
+  their queues marked redelivered, and its exclusive queues are deleted.
+- ``topology``: one counter bumped by every declaration change, so publishers can cache
+  bindings and policies and notice when another process changed them.
+
+The partial index ``messages_ready`` keeps fetch cost independent of queue depth: the next
+messages of a queue are found by walking the index, priority first, then arrival order.
+"""
+
+from __future__ import annotations
+
+#: Bumped when the layout changes incompatibly (stored in ``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+TABLES = ("exchanges", "queues", "bindings", "messages", "sessions", "topology")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchanges (
+    name        TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    durable     INTEGER NOT NULL,
+    auto_delete INTEGER NOT NULL,
+    arguments   TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS queues (
+    name      TEXT PRIMARY KEY,
+    policy    TEXT NOT NULL DEFAULT '{}',
+    owner     TEXT,
+    last_used REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bindings (
+    exchange    TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    arguments   TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (exchange, queue, routing_key, arguments)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bindings_queue ON bindings(queue);
+CREATE TABLE IF NOT EXISTS messages (
+    id             INTEGER PRIMARY KEY,
+    queue          TEXT NOT NULL,
+    priority       INTEGER NOT NULL DEFAULT 0,
+    exchange       TEXT NOT NULL,
+    routing_key    TEXT NOT NULL,
+    meta           TEXT NOT NULL,
+    body           BLOB NOT NULL,
+    expires_at     REAL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    redelivered    INTEGER NOT NULL DEFAULT 0,
+    owner          TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready
+    ON messages(queue, priority DESC, id) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS messages_owner
+    ON messages(owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sessions (
+    id        TEXT PRIMARY KEY,
+    pid       INTEGER NOT NULL,
+    hostname  TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topology (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO topology (id, version) VALUES (1, 0);
+"""
