@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from celeriac.exceptions import BrokerFileError, ImproperlyConfigured, OperationalError
-from celeriac.transports.sqlite_schema import SCHEMA, SCHEMA_VERSION, TABLES
+from celeriac.transports.sqlite_schema import INDEXES, SCHEMA, SCHEMA_VERSION, TABLES
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -119,13 +119,17 @@ class Database:
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        names = {
+            row[0]
+            for row in conn.execute("SELECT name FROM sqlite_master")
+            if not row[0].startswith("sqlite_")
+        }
         if version > SCHEMA_VERSION:
             raise BrokerFileError(
                 f"The broker file {self.path} was made by a newer celeriac "
                 f"(layout {version}, this one reads {SCHEMA_VERSION}); it was left untouched"
             )
-        if version == 0 and names - {*TABLES, "bindings_queue"}:
+        if version == 0 and names - {*TABLES, *INDEXES}:
             foreign = ", ".join(sorted(names)[:5])
             raise BrokerFileError(
                 f"The file {self.path} is an SQLite database of another application "

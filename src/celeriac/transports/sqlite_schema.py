@@ -15,6 +15,11 @@ What lives where:
   their queues marked redelivered, and its exclusive queues are deleted.
 - ``topology``: one counter bumped by every declaration change, so publishers can cache
   bindings and policies and notice when another process changed them.
+- ``results``: the result backend's key-value store, Celery's keys
+  (``celery-task-meta-<id>``, ``celery-taskset-meta-<id>``) to the serialized meta, with its
+  ``status`` alongside (so a stored SUCCESS is never overwritten) and an expiry time.
+- ``result_history``: every state a task reported, in order (``seq``), so a client waiting
+  with ``on_message`` sees each one even when several arrive between two of its reads.
 
 The partial index ``messages_ready`` keeps fetch cost independent of queue depth: the next
 messages of a queue are found by walking the index, priority first, then arrival order.
@@ -25,7 +30,18 @@ from __future__ import annotations
 #: Bumped when the layout changes incompatibly (stored in ``PRAGMA user_version``).
 SCHEMA_VERSION = 1
 
-TABLES = ("exchanges", "queues", "bindings", "messages", "sessions", "topology")
+TABLES = (
+    "exchanges",
+    "queues",
+    "bindings",
+    "messages",
+    "sessions",
+    "topology",
+    "results",
+    "result_history",
+)
+#: Indexes, which ``sqlite_master`` lists beside the tables.
+INDEXES = ("bindings_queue", "messages_ready", "messages_owner", "results_expires")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -77,4 +93,20 @@ CREATE TABLE IF NOT EXISTS topology (
     version INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO topology (id, version) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS results (
+    key          TEXT PRIMARY KEY,
+    status       TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    value        BLOB NOT NULL,
+    expires_at   REAL,
+    seq          INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS results_expires ON results(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS result_history (
+    key          TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    value        BLOB NOT NULL,
+    PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
 """
