@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from celeriac.exceptions import SerializationError
+from celeriac.exceptions import MissingDependency, SerializationError
 from celeriac.messaging import serialization
 from celeriac.messaging.connection import Channel, Connection
 from celeriac.messaging.entities import Queue
@@ -173,7 +173,7 @@ class Consumer:
             return
         try:
             body = message.decode()
-        except SerializationError as exc:
+        except (SerializationError, MissingDependency) as exc:
             self._decode_failed(message, exc)
             return
         for callback in self.callbacks:

@@ -123,25 +123,31 @@ class Message:
         """True once the message was acked, rejected or requeued."""
         return self.state != "RECEIVED"
 
-    def _settle(self, state: State) -> None:
+    def _check_unsettled(self, action: str) -> None:
         if self.state != "RECEIVED":
             raise MessageStateError(
                 f"Message {self.delivery_tag} was already settled ({self.state}); "
-                f"cannot {state.lower()} it again"
+                f"cannot {action} it again"
             )
+
+    def _settled(self, state: State) -> None:
+        # Recorded only once the broker took the settlement: after a broker error the
+        # message is still unsettled here, as it is on the broker.
         self.state = state
         if self._on_settle is not None:
             self._on_settle(self)
 
     def ack(self) -> None:
         """Acknowledge: the message is done and leaves the broker."""
-        self._settle("ACK")
+        self._check_unsettled("ack")
         self.channel.transport.ack([self.delivery_tag])
+        self._settled("ACK")
 
     def reject(self, requeue: bool = False) -> None:
         """Reject: dead-letter (or drop) the message, or return it to its queue."""
-        self._settle("REQUEUED" if requeue else "REJECTED")
+        self._check_unsettled("reject")
         self.channel.transport.reject([self.delivery_tag], requeue)
+        self._settled("REQUEUED" if requeue else "REJECTED")
 
     def requeue(self) -> None:
         """Return the message to its queue, to be delivered again (marked redelivered)."""
@@ -149,15 +155,17 @@ class Message:
 
     async def aack(self) -> None:
         """``ack`` for asyncio code: the broker call does not block the event loop."""
-        self._settle("ACK")
+        self._check_unsettled("ack")
         conn = self.channel.connection
         await conn.arun(conn.transport.ack, [self.delivery_tag])
+        self._settled("ACK")
 
     async def areject(self, requeue: bool = False) -> None:
         """``reject`` for asyncio code."""
-        self._settle("REQUEUED" if requeue else "REJECTED")
+        self._check_unsettled("reject")
         conn = self.channel.connection
         await conn.arun(conn.transport.reject, [self.delivery_tag], requeue)
+        self._settled("REQUEUED" if requeue else "REJECTED")
 
     async def arequeue(self) -> None:
         """``requeue`` for asyncio code."""

@@ -8,6 +8,7 @@ limit, and otherwise waits (or raises ``LimitExceeded``).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,8 +66,10 @@ class ConnectionPool:
         with self._cond:
             if self._closed:
                 raise LimitExceeded("the pool is closed")
+            deadline = None if timeout is None else time.monotonic() + timeout
             while not self._idle and self.limit is not None and self._in_use >= self.limit:
-                if not block or not self._cond.wait(timeout):
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not block or not self._cond.wait(remaining):
                     raise LimitExceeded(
                         f"all {self.limit} pooled connections are in use "
                         "(raise broker_pool_limit or release connections sooner)"

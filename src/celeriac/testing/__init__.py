@@ -59,6 +59,8 @@ def service_url(url: str, name: str | None = None) -> str:
     """
     parts = urlsplit(url)
     if parts.hostname is None or parts.port is None:
-        raise ValueError(f"service_url needs a host and a port in the URL, got {mask_password(url)!r}")
+        raise ValueError(
+            f"service_url needs a host and a port in the URL, got {mask_password(url)!r}"
+        )
     require_service(parts.hostname, parts.port, name or parts.scheme)
     return url

@@ -26,9 +26,10 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from celeriac.messaging.entities import Binding, Exchange, Queue
+if TYPE_CHECKING:
+    from celeriac.messaging.entities import Binding, Exchange, Queue
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,9 @@ class _MemQueue:
     owner: int | None
     # Heap of (-priority, sequence, message): highest priority first, FIFO within one.
     ready: list[tuple[int, int, _Stored]] = field(default_factory=list)
+    # Earliest expiry among ready messages (None: none can expire), so expired messages
+    # are dead-lettered on time even in queues nobody consumes.
+    next_expiry: float | None = None
 
 
 class _Broker:
@@ -138,6 +141,7 @@ class MemoryTransport(Transport):
 
     def queue_length(self, name: str) -> int:
         with self._broker.cond:
+            self._sweep_locked(time.time())
             q = self._broker.queues.get(name)
             return len(q.ready) if q else 0
 
@@ -154,8 +158,13 @@ class MemoryTransport(Transport):
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now = time.time()
         with self._broker.cond:
-            for out in messages:
-                for queue in self._route_locked(out.exchange, out.routing_key, out.envelope):
+            # Route everything first: a batch naming a missing exchange stores nothing.
+            routes = [
+                (out, self._route_locked(out.exchange, out.routing_key, out.envelope))
+                for out in messages
+            ]
+            for out, queues in routes:
+                for queue in queues:
                     self._put_locked(queue, out.envelope, out.exchange, out.routing_key, now)
             self._notify_locked()
 
@@ -204,6 +213,27 @@ class MemoryTransport(Transport):
     def _push(self, q: _MemQueue, stored: _Stored) -> None:
         priority = q.policy.priority_of(stored.envelope.properties)
         heapq.heappush(q.ready, (-priority, next(self._broker.sequence), stored))
+        if stored.expires_at is not None and (
+            q.next_expiry is None or stored.expires_at < q.next_expiry
+        ):
+            q.next_expiry = stored.expires_at
+
+    def _sweep_locked(self, now: float) -> None:
+        """Dead-letter the expired ready messages of every queue."""
+        for q in list(self._broker.queues.values()):
+            if q.next_expiry is None or q.next_expiry > now:
+                continue
+            expired: list[tuple[int, int, _Stored]] = []
+            kept: list[tuple[int, int, _Stored]] = []
+            for item in q.ready:
+                expires_at = item[2].expires_at
+                (expired if expires_at is not None and expires_at <= now else kept).append(item)
+            q.ready = kept
+            heapq.heapify(q.ready)
+            pending = [i[2].expires_at for i in q.ready if i[2].expires_at is not None]
+            q.next_expiry = min(pending) if pending else None
+            for item in expired:
+                self._dead_letter_locked(q, item[2], "expired", now)
 
     def _dead_letter_locked(
         self, q: _MemQueue, stored: _Stored, reason: DeathReason, now: float
@@ -225,6 +255,7 @@ class MemoryTransport(Transport):
         out: list[Delivery] = []
         now = time.time()
         with self._broker.cond:
+            self._sweep_locked(now)
             self._seen_generation = self._broker.generation
             start = self._rotation % max(len(queues), 1)
             self._rotation += 1

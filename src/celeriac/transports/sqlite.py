@@ -56,6 +56,8 @@ Connection = Any  # sqlite3.Connection; aliased to keep signatures short
 logger = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()
 RECLAIM_INTERVAL = 1.0
+#: How often a fetching session dead-letters expired messages of every queue.
+EXPIRY_INTERVAL = 0.1
 _CHUNK = 500
 
 _SELECT_READY = (
@@ -116,6 +118,7 @@ class SQLiteTransport(Transport):
         self._session_pid = 0
         self._heartbeat_stop = threading.Event()
         self._next_reclaim = 0.0
+        self._next_expiry = 0.0
         self._rotation = 0
 
     # -- sessions -------------------------------------------------------------------------
@@ -305,9 +308,12 @@ class SQLiteTransport(Transport):
         self._db.write(work)
 
     def queue_length(self, name: str) -> int:
+        now = time.time()
         row = self._db.read(
             lambda conn: conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL", (name,)
+                "SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (name, now),
             ).fetchone()
         )
         return int(row[0])
@@ -432,6 +438,8 @@ class SQLiteTransport(Transport):
         def work(conn: Connection) -> tuple[list[Delivery], bool]:
             returned = now >= self._next_reclaim and self._reclaim(conn, now)
             topo = self._fresh_topology(conn)
+            if now >= self._next_expiry:
+                returned = self._expire(conn, topo, now) or returned
             out: list[Delivery] = []
             for name in order:
                 if len(out) >= limit:
@@ -444,6 +452,18 @@ class SQLiteTransport(Transport):
         if returned:
             self._wake.notify()
         return deliveries
+
+    def _expire(self, conn: Connection, topo: _Topology, now: float) -> bool:
+        """Dead-letter expired ready messages of every queue; True when any went somewhere."""
+        self._next_expiry = now + EXPIRY_INTERVAL
+        rows = conn.execute(
+            "SELECT id, exchange, routing_key, meta, body, queue FROM messages "
+            "WHERE expires_at <= ? AND expires_at IS NOT NULL AND owner IS NULL LIMIT 1000",
+            (now,),
+        ).fetchall()
+        for row in rows:
+            self._kill(conn, topo, row[5], [(*row[:5], "expired")], now)
+        return bool(rows)
 
     def _take(
         self, conn: Connection, topo: _Topology, session: str, queue: str, want: int, now: float

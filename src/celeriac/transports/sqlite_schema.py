@@ -23,6 +23,8 @@ What lives where:
 
 The partial index ``messages_ready`` keeps fetch cost independent of queue depth: the next
 messages of a queue are found by walking the index, priority first, then arrival order.
+``messages_expiring`` lets any session find expired messages of every queue cheaply, so
+queues nobody consumes (delay queues dead-lettering on TTL) still expire on time.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ TABLES = (
     "result_history",
 )
 #: Indexes, which ``sqlite_master`` lists beside the tables.
-INDEXES = ("bindings_queue", "messages_ready", "messages_owner", "results_expires")
+INDEXES = (
+    "bindings_queue",
+    "messages_ready",
+    "messages_owner",
+    "messages_expiring",
+    "results_expires",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -82,6 +90,8 @@ CREATE INDEX IF NOT EXISTS messages_ready
     ON messages(queue, priority DESC, id) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS messages_owner
     ON messages(owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_expiring
+    ON messages(expires_at) WHERE expires_at IS NOT NULL AND owner IS NULL;
 CREATE TABLE IF NOT EXISTS sessions (
     id        TEXT PRIMARY KEY,
     pid       INTEGER NOT NULL,

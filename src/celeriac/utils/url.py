@@ -20,8 +20,6 @@ def mask_password(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]
     netloc = f"{user}:**@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
