@@ -1,0 +1,1 @@
+"""The application layer: the ``Celery`` app, tasks, settings, routing and the protocol."""

@@ -1,0 +1,316 @@
+"""The tracer: runs one task execution and turns however it ended into an ``Outcome``.
+
+Used by every worker pool and by ``Task.apply`` (eager), so a task behaves the same
+wherever it runs. It sets ``self.request``, sends the task signals, applies
+``autoretry_for``, stores the state and result, and calls the task's hooks, link callbacks
+and errbacks. It never raises: every exception becomes part of the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import traceback as tb
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals, states
+from celeriac.app.state import current_request
+from celeriac.app.task import Context, Task
+from celeriac.canvas import maybe_signature
+from celeriac.exceptions import Ignore, Reject, Retry
+from celeriac.worker.job import ExceptionInfo, Job, Outcome
+
+if TYPE_CHECKING:
+    from celeriac.app.base import Celery
+
+logger = logging.getLogger("celeriac.app.trace")
+
+
+def exception_info(exc: BaseException, traceback: str | None = None) -> ExceptionInfo:
+    """An ``ExceptionInfo`` for ``exc`` (with its formatted traceback)."""
+    cls = type(exc)
+    text = traceback if traceback is not None else "".join(tb.format_exception(exc))
+    return ExceptionInfo(cls.__name__, cls.__module__, tuple(exc.args), text, exc)
+
+
+def backoff_countdown(task: Task[Any, Any], retries: int) -> float:
+    """``retry_backoff``: 1, 2, 4, 8... times the factor, capped, optionally jittered."""
+    factor = 1.0 if task.retry_backoff is True else float(task.retry_backoff)
+    countdown = min(float(task.retry_backoff_max), factor * float(2**retries))
+    if task.retry_jitter:
+        countdown = random.uniform(0, countdown)
+    return countdown
+
+
+def _with_autoretry(task: Task[Any, Any], call: Callable[[], Any], exc: BaseException) -> Any:
+    """Turn an ``autoretry_for`` exception into ``task.retry`` (raises Retry or the error)."""
+    options = dict(task.retry_kwargs)
+    if task.retry_backoff and "countdown" not in options:
+        options["countdown"] = backoff_countdown(task, task.request.retries)
+    return task.retry(exc=exc, **options)
+
+
+def _wants_autoretry(task: Task[Any, Any], exc: BaseException) -> bool:
+    return (
+        bool(task.autoretry_for)
+        and isinstance(exc, task.autoretry_for)
+        and not isinstance(exc, task.dont_autoretry_for or ())
+        and not isinstance(exc, Retry | Ignore | Reject)
+    )
+
+
+class Tracer:
+    """Runs jobs for one app (in a worker, or eagerly)."""
+
+    def __init__(self, app: Celery, hostname: str | None = None, eager: bool = False) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.eager = eager
+
+    # -- entry points ---------------------------------------------------------------------
+    def run(self, job: Job) -> Outcome:
+        """Run ``job`` to completion (synchronous tasks; async ones get their own loop)."""
+        task = self.app.tasks.get(job.name)
+        if task is None:
+            return self._unknown(job)
+        request = self._request(task, job)
+        token = current_request.set(request)
+        started = time.perf_counter()
+        try:
+            self._begin(task, job, request)
+            try:
+                retval = self._call(task, job)
+            except BaseException as exc:
+                return self._failed(task, job, request, exc, time.perf_counter() - started)
+            return self._succeeded(task, job, request, retval, time.perf_counter() - started)
+        finally:
+            current_request.reset(token)
+
+    async def arun(self, job: Job) -> Outcome:
+        """Run ``job`` from asyncio code: ``async def`` tasks on the loop, others in a thread."""
+        task = self.app.tasks.get(job.name)
+        if task is None or not task.is_coroutine:
+            return await asyncio.to_thread(self.run, job)
+        request = self._request(task, job)
+        token = current_request.set(request)
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._begin, task, job, request)
+            try:
+                retval = await task.run(*job.args, **job.kwargs)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                runtime = time.perf_counter() - started
+                return await asyncio.to_thread(self._failed, task, job, request, exc, runtime)
+            runtime = time.perf_counter() - started
+            return await asyncio.to_thread(self._succeeded, task, job, request, retval, runtime)
+        finally:
+            current_request.reset(token)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _request(self, task: Task[Any, Any], job: Job) -> Context:
+        fields = dict(job.request)
+        fields.update(
+            id=job.id,
+            task=task.name,
+            args=job.args,
+            kwargs=job.kwargs,
+            is_eager=self.eager,
+            called_directly=False,
+            hostname=self.hostname,
+            timelimit=(job.time_limit, job.soft_time_limit),
+        )
+        return Context(**fields)
+
+    def _begin(self, task: Task[Any, Any], job: Job, request: Context) -> None:
+        signals.task_prerun.send(
+            sender=task, task_id=job.id, task=task, args=job.args, kwargs=job.kwargs
+        )
+        track = task.track_started
+        if track is None:
+            track = self.app.conf.task_track_started
+        if track and not self.eager:
+            task.backend.store_result(
+                job.id,
+                {"pid": _pid(), "hostname": self.hostname},
+                states.STARTED,
+                request=self._request_meta(task, request),
+            )
+
+    def _call(self, task: Task[Any, Any], job: Job) -> Any:
+        try:
+            if task.is_coroutine:
+                return asyncio.run(task.run(*job.args, **job.kwargs))
+            if type(task).__call__ is not Task.__call__:
+                return task(*job.args, **job.kwargs)
+            return task.run(*job.args, **job.kwargs)
+        except BaseException as exc:
+            if _wants_autoretry(task, exc):
+                return _with_autoretry(task, lambda: None, exc)
+            raise
+
+    def _stores(self, task: Task[Any, Any], request: Context) -> bool:
+        if self.eager:
+            return bool(self.app.conf.task_store_eager_result)
+        if request.ignore_result:
+            return False
+        ignore = task.ignore_result
+        return not (self.app.conf.task_ignore_result if ignore is None else ignore)
+
+    def _request_meta(self, task: Task[Any, Any], request: Context) -> dict[str, Any]:
+        return {
+            "id": request.id,
+            "task": task.name,
+            "group": request.group,
+            "parent_id": request.parent_id,
+            "args": list(request.args),
+            "kwargs": dict(request.kwargs),
+            "hostname": request.hostname,
+            "retries": request.retries,
+            "delivery_info": request.delivery_info,
+        }
+
+    def _succeeded(
+        self, task: Task[Any, Any], job: Job, request: Context, retval: Any, runtime: float
+    ) -> Outcome:
+        try:
+            if self._stores(task, request):
+                task.backend.mark_as_done(job.id, retval, request=self._request_meta(task, request))
+            task.on_success(retval, job.id, job.args, job.kwargs)
+            self._send_callbacks(request, retval)
+            signals.task_success.send(sender=task, result=retval)
+        except BaseException as exc:
+            return self._failed(task, job, request, exc, runtime)
+        self._finish(task, job, states.SUCCESS, retval, None)
+        return Outcome(states.SUCCESS, result=retval, runtime=runtime)
+
+    def _failed(
+        self,
+        task: Task[Any, Any],
+        job: Job,
+        request: Context,
+        exc: BaseException,
+        runtime: float,
+    ) -> Outcome:
+        if isinstance(exc, Retry):
+            return self._retried(task, job, request, exc, runtime)
+        if isinstance(exc, Ignore):
+            self._finish(task, job, states.IGNORED, None, None)
+            return Outcome(states.IGNORED, runtime=runtime)
+        if isinstance(exc, Reject):
+            info = exception_info(exc)
+            self._finish(task, job, states.REJECTED, exc, info)
+            return Outcome(states.REJECTED, error=info, requeue=exc.requeue, runtime=runtime)
+        info = exception_info(exc)
+        try:
+            if self._stores(task, request) or task.store_errors_even_if_ignored:
+                task.backend.mark_as_failure(
+                    job.id, exc, info.traceback, request=self._request_meta(task, request)
+                )
+            task.on_failure(exc, job.id, job.args, job.kwargs, info)
+            self._send_errbacks(request, exc, info.traceback)
+            signals.task_failure.send(
+                sender=task,
+                task_id=job.id,
+                exception=exc,
+                args=job.args,
+                kwargs=job.kwargs,
+                traceback=info.traceback,
+                einfo=info,
+            )
+        except Exception:
+            logger.exception("Recording the failure of %s[%s] failed", task.name, job.id)
+        self._finish(task, job, states.FAILURE, exc, info)
+        return Outcome(states.FAILURE, error=info, runtime=runtime)
+
+    def _retried(
+        self, task: Task[Any, Any], job: Job, request: Context, retry: Retry, runtime: float
+    ) -> Outcome:
+        cause = retry.exc if retry.exc is not None else retry
+        info = exception_info(cause)
+        if retry.is_eager:
+            return Outcome(states.RETRY, error=info, retry={"eager_result": retry.sig})
+        try:
+            if self._stores(task, request):
+                task.backend.mark_as_retry(
+                    job.id, cause, info.traceback, request=self._request_meta(task, request)
+                )
+            task.on_retry(cause, job.id, job.args, job.kwargs, info)
+            signals.task_retry.send(sender=task, request=request, reason=cause, einfo=info)
+        except Exception:
+            logger.exception("Recording the retry of %s[%s] failed", task.name, job.id)
+        self._finish(task, job, states.RETRY, cause, info)
+        return Outcome(states.RETRY, error=info, runtime=runtime, retry={"when": retry.when})
+
+    def _finish(self, task: Task[Any, Any], job: Job, state: str, retval: Any, info: Any) -> None:
+        try:
+            task.after_return(state, retval, job.id, job.args, job.kwargs, info)
+        except Exception:
+            logger.exception("after_return of %s[%s] raised", task.name, job.id)
+        signals.task_postrun.send(
+            sender=task,
+            task_id=job.id,
+            task=task,
+            args=job.args,
+            kwargs=job.kwargs,
+            retval=retval,
+            state=state,
+        )
+
+    def _unknown(self, job: Job) -> Outcome:
+        from celeriac.exceptions import NotRegistered
+
+        exc = NotRegistered(f"Task {job.name!r} is not registered")
+        return Outcome(states.FAILURE, error=exception_info(exc, ""))
+
+    # -- links ----------------------------------------------------------------------------
+    def _link_options(self, request: Context) -> dict[str, Any]:
+        return {"parent_id": request.id, "root_id": request.root_id or request.id}
+
+    def _send_callbacks(self, request: Context, retval: Any) -> None:
+        for callback in request.callbacks or ():
+            sig = maybe_signature(callback, app=self.app)
+            if self.eager:
+                sig.apply((retval,))
+            else:
+                sig.apply_async((retval,), **self._link_options(request))
+
+    def _send_errbacks(self, request: Context, exc: BaseException, traceback: str) -> None:
+        for errback in request.errbacks or ():
+            sig = maybe_signature(errback, app=self.app)
+            task = self.app.tasks.get(sig.task)
+            try:
+                if task is not None and _takes_request(task):
+                    # Celery's convention: a local errback is called with the failed
+                    # request, the exception and the traceback.
+                    sig(request, exc, traceback)
+                elif self.eager:
+                    sig.apply((request.id,))
+                else:
+                    sig.apply_async((request.id,), **self._link_options(request))
+            except Exception:
+                logger.exception("Errback %r of task %s raised", sig, request.id)
+
+
+def _takes_request(task: Task[Any, Any]) -> bool:
+    import inspect
+
+    target = task._fun or task.run
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if task._bind:
+        params = params[1:]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
