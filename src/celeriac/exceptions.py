@@ -6,6 +6,8 @@ Names follow kombu and Celery where users already catch them (``OperationalError
 
 from __future__ import annotations
 
+import builtins
+
 
 class CeleriacError(Exception):
     """Base class of every error celeriac raises on purpose."""
@@ -80,7 +82,7 @@ class QueueNotFound(TaskError, KeyError):
     """A task was routed to a queue that is not in ``task_queues``."""
 
 
-class TimeoutError(TaskError):  # Celery's name, which users catch; shadows the builtin here only
+class TimeoutError(TaskError, builtins.TimeoutError):  # Celery's name; also the builtin
     """A result did not become ready within the timeout."""
 
 

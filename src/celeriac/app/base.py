@@ -309,6 +309,12 @@ class Celery:
         """The result of a task by id."""
         return Result(task_id, app=self, **kwargs)
 
+    def after_fork(self) -> None:
+        """Forget connections inherited from a parent process (they belong to it)."""
+        with self._lock:
+            self._pool = self._producers = None
+            self._backend = None
+
     def close(self) -> None:
         """Release broker connections and the result backend."""
         self._reset_clients()

@@ -159,6 +159,21 @@ class Consumer:
             await conn.arun(conn.transport.ack, self._mark_auto_acked(messages))
         return messages
 
+    async def asettle_many(self, acks: list[Message], requeues: list[Message]) -> None:
+        """Ack and requeue many messages in one broker call each (off the event loop)."""
+        conn = self.connection
+        for batch, requeue in ((acks, None), (requeues, True)):
+            pending = [m for m in batch if not m.acknowledged]
+            if not pending:
+                continue
+            tags = [m.delivery_tag for m in pending]
+            if requeue:
+                await conn.arun(conn.transport.reject, tags, True)
+            else:
+                await conn.arun(conn.transport.ack, tags)
+            for message in pending:
+                message.mark_settled("REQUEUED" if requeue else "ACK")
+
     # -- dispatch -------------------------------------------------------------------------
     def dispatch(self, messages: list[Message]) -> int:
         """Hand each message to ``on_message`` or the callbacks; returns how many."""

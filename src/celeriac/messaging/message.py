@@ -130,6 +130,11 @@ class Message:
                 f"cannot {action} it again"
             )
 
+    def mark_settled(self, state: State) -> None:
+        """Record a settlement made by a batch call on the transport (``asettle_many``)."""
+        self._check_unsettled(state.lower())
+        self._settled(state)
+
     def _settled(self, state: State) -> None:
         # Recorded only once the broker took the settlement: after a broker error the
         # message is still unsettled here, as it is on the broker.

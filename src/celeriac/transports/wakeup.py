@@ -78,14 +78,16 @@ class WakeChannel:
             if not woken.done():
                 woken.set_result(None)
 
-        loop.add_reader(sock.fileno(), on_readable)
+        fd = sock.fileno()
+        loop.add_reader(fd, on_readable)
         try:
             await asyncio.wait_for(woken, max(0.0, timeout))
         except TimeoutError:
             pass
         finally:
-            loop.remove_reader(sock.fileno())
-        self._drain(sock)
+            loop.remove_reader(fd)
+        if self._sock is sock:
+            self._drain(sock)
 
     # -- waking ---------------------------------------------------------------------------
     def _current_peers(self) -> list[str]:

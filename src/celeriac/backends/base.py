@@ -1,0 +1,441 @@
+"""The result backend contract: Celery's result format and waiting, written once.
+
+Backends store opaque serialized values under Celery's keys and fill in a small storage
+surface (the abstract methods at the end of :class:`ResultBackend`: ``_get``, ``_history``,
+``_store_many``, ``_delete``, ``_wait``, ``_await``, ``cleanup``). Everything about tasks,
+the meta format, exceptions, waiting and ``on_message``, lives here, so every backend
+behaves the same and a new one is a page of storage code.
+
+Each key keeps its values as numbered :class:`Record` s (``seq`` 1, 2, ...): the current one
+and those it replaced. A waiter remembers the last ``seq`` it handled, so it sees every
+state once, in order, even when several were stored between two of its reads.
+
+Keys and values follow PROTOCOL.md ("Result meta"), so Celery clients read what celeriac
+workers write, and the reverse.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+from celeriac import exceptions, states
+from celeriac.backends.meta import (
+    GROUP_KEY_PREFIX,
+    GROUP_STATUS,
+    TASK_KEY_PREFIX,
+    build_meta,
+    group_members,
+    group_meta,
+    pending_meta,
+)
+from celeriac.exceptions import DecodeError
+from celeriac.messaging.serialization import (
+    DEFAULT_ACCEPT,
+    accept_content_types,
+    dumps,
+    loads,
+    registry,
+)
+from celeriac.utils import exceptions as stored_exceptions
+from celeriac.utils.url import mask_password
+
+#: Seconds between two automatic deletions of expired results by one backend object.
+DEFAULT_CLEANUP_INTERVAL = 60.0
+
+
+class Record(NamedTuple):
+    """One stored value of a key: its position in the key's history and its bytes."""
+
+    seq: int
+    content_type: str
+    value: bytes
+
+
+class Write(NamedTuple):
+    """One value to store; ``status`` is the task state (SUCCESS is never overwritten)."""
+
+    key: str
+    status: str
+    content_type: str
+    value: bytes
+    expires_at: float | None
+
+
+class OnMessage(Protocol):
+    """Called with each new state's meta while waiting for a result."""
+
+    def __call__(self, meta: dict[str, Any], /) -> object: ...
+
+
+#: ``store_many`` items: ``(task_id, result, state, traceback, request)``.
+StoreItem = tuple[str, Any, str, str | None, Mapping[str, Any] | None]
+
+
+class ResultBackend(ABC):
+    """Where task states and results are kept, in Celery's format.
+
+    Args:
+        url: The backend URL (``memory://``, ``sqlite:///results.db``...).
+        serializer: Serializer name for stored values (Celery's ``result_serializer``).
+        accept: Serializer names or MIME types to read (``result_accept_content``);
+            None reads JSON only.
+        expires: Seconds (or a timedelta) a stored result is kept; None or 0 keeps it.
+        extended: Also store the task's name, args, kwargs, worker, retries and queue
+            (Celery's ``result_extended``).
+        options: Backend-specific options (Celery's ``result_backend_transport_options``);
+            ``cleanup_interval`` (seconds, 0 disables) sets how often stores also delete
+            expired results.
+    """
+
+    #: URL schemes this backend serves.
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        serializer: str = "json",
+        accept: Iterable[str] | None = None,
+        expires: float | timedelta | None = 86400,
+        extended: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        registry.get(serializer)  # Unknown or uninstalled serializers fail here, not later.
+        self.serializer = serializer
+        self.accept = accept_content_types(accept) if accept is not None else DEFAULT_ACCEPT
+        if isinstance(expires, timedelta):
+            expires = expires.total_seconds()
+        self.expires = expires or None
+        self.extended = extended
+        self.options: Mapping[str, Any] = dict(options or {})
+        self.cleanup_interval = float(
+            self.options.get("cleanup_interval", DEFAULT_CLEANUP_INTERVAL)
+        )
+        self._next_cleanup = time.monotonic() + self.cleanup_interval
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_password(self.url)}>"
+
+    def __enter__(self) -> ResultBackend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:  # noqa: B027 -- optional hook; most backends hold nothing.
+        """Release connections and wake-up sockets; the object is not used afterwards."""
+
+    # -- keys -------------------------------------------------------------------------------
+    @staticmethod
+    def task_key(task_id: str) -> str:
+        """Celery's key of a task's result."""
+        return TASK_KEY_PREFIX + task_id
+
+    @staticmethod
+    def group_key(group_id: str) -> str:
+        """Celery's key of a saved group."""
+        return GROUP_KEY_PREFIX + group_id
+
+    # -- writing ----------------------------------------------------------------------------
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record a task's state and result; a stored SUCCESS is kept over any later state.
+
+        Args:
+            task_id: The task's id.
+            result: Its return value, an exception (exception states), or a custom state's
+                meta dict.
+            state: The state (:mod:`celeriac.states` or a custom one).
+            traceback: The formatted traceback of a failure.
+            request: The task's request (``id``, ``group``, ``parent_id``, ``task``,
+                ``args``, ``kwargs``, ``hostname``, ``retries``, ``delivery_info``,
+                ``children``...), if any.
+
+        Returns:
+            The meta that was built (and stored, unless SUCCESS was already there).
+
+        Raises:
+            EncodeError: The result cannot be serialized with this backend's serializer.
+        """
+        write, meta = self._prepare((task_id, result, state, traceback, request))
+        self._store_many([write])
+        self._maybe_cleanup()
+        return meta
+
+    def store_many(self, items: Iterable[StoreItem]) -> list[dict[str, Any]]:
+        """``store_result`` for several tasks in one write (one transaction or lock).
+
+        Args:
+            items: ``(task_id, result, state, traceback, request)`` tuples, stored in order.
+
+        Returns:
+            The metas, in the order of ``items``.
+        """
+        prepared = [self._prepare(item) for item in items]
+        if prepared:
+            self._store_many([write for write, _ in prepared])
+            self._maybe_cleanup()
+        return [meta for _, meta in prepared]
+
+    def mark_as_started(
+        self,
+        task_id: str,
+        meta: Mapping[str, Any] | None = None,
+        request: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record STARTED, with ``meta`` (the worker's pid and hostname) as the result."""
+        return self.store_result(task_id, dict(meta or {}), states.STARTED, request=request)
+
+    def mark_as_done(
+        self, task_id: str, result: Any, request: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record SUCCESS with the task's return value."""
+        return self.store_result(task_id, result, states.SUCCESS, request=request)
+
+    def mark_as_failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: str | None = None,
+        request: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record FAILURE with the exception the task raised."""
+        return self.store_result(task_id, exc, states.FAILURE, traceback, request)
+
+    def mark_as_retry(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: str | None = None,
+        request: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record RETRY with the exception that caused the retry."""
+        return self.store_result(task_id, exc, states.RETRY, traceback, request)
+
+    def mark_as_revoked(
+        self, task_id: str, reason: str = "", request: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record REVOKED, with a ``TaskRevokedError(reason)`` as the result."""
+        exc = exceptions.TaskRevokedError(reason)
+        return self.store_result(task_id, exc, states.REVOKED, request=request)
+
+    def forget(self, task_id: str) -> None:
+        """Delete a task's result and history: it reads as PENDING again."""
+        self._delete(self.task_key(task_id))
+
+    def save_group(self, group_id: str, result_ids: Sequence[str]) -> dict[str, Any]:
+        """Save a group's member ids, as Celery's ``GroupResult.save`` does.
+
+        Returns:
+            The stored meta: ``{"result": [[group_id, None], [[[id, None], None], ...]]}``,
+            Celery's ``GroupResult.as_tuple()``.
+        """
+        meta = group_meta(group_id, result_ids)
+        content_type, _, body = dumps(meta, self.serializer)
+        self._store_many(
+            [Write(self.group_key(group_id), GROUP_STATUS, content_type, body, self._expiry())]
+        )
+        return meta
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        """The member ids of a saved group, or None when it was not saved (or expired)."""
+        record = self._get(self.group_key(group_id))
+        if record is None:
+            return None
+        try:
+            return group_members(self._decode(record))
+        except ValueError as exc:
+            raise DecodeError(f"Group {group_id!r} is stored in an unknown format") from exc
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a saved group."""
+        self._delete(self.group_key(group_id))
+
+    # -- reading ----------------------------------------------------------------------------
+    def get_task_meta(self, task_id: str) -> dict[str, Any]:
+        """A task's meta; PENDING when nothing is stored. Exception results are rebuilt.
+
+        Raises:
+            ContentDisallowed: The result's content type is not in ``accept``.
+            DecodeError: The stored value cannot be decoded.
+        """
+        record = self._get(self.task_key(task_id))
+        if record is None:
+            return pending_meta(task_id)
+        return self._task_meta(record)
+
+    def prepare_exception(self, exc: BaseException) -> dict[str, Any]:
+        """Celery's stored form of ``exc``; arguments the serializer refuses become reprs."""
+        return stored_exceptions.prepare_exception(exc, lambda value: dumps(value, self.serializer))
+
+    def exception_to_python(self, stored: object) -> BaseException | None:
+        """Rebuild a stored exception; never imports or calls what the data names."""
+        return stored_exceptions.exception_to_python(stored)
+
+    # -- waiting ----------------------------------------------------------------------------
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_message: OnMessage | None = None,
+    ) -> dict[str, Any]:
+        """Block until the task is ready (SUCCESS, FAILURE, REVOKED); return its meta.
+
+        Args:
+            task_id: The task's id.
+            timeout: Seconds to wait at most; None waits for ever.
+            interval: The longest sleep between two looks; writes wake waiters sooner.
+            on_message: Called with the meta of every new state, in order, once each,
+                the ready one last.
+
+        Raises:
+            TimeoutError: (:class:`celeriac.exceptions.TimeoutError`) not ready in time.
+        """
+        follower = _Follower(self, task_id, on_message)
+        deadline = _Deadline(timeout, interval)
+        while (meta := follower.step()) is None:
+            self._wait({follower.key: follower.seen}, deadline.next_nap())
+        return meta
+
+    async def await_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_message: OnMessage | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`wait_for` for asyncio code: waits without blocking the event loop."""
+        follower = _Follower(self, task_id, on_message)
+        deadline = _Deadline(timeout, interval)
+        while (meta := follower.step()) is None:
+            await self._await({follower.key: follower.seen}, deadline.next_nap())
+        return meta
+
+    # -- shared internals -------------------------------------------------------------------
+    def _prepare(self, item: StoreItem) -> tuple[Write, dict[str, Any]]:
+        task_id, result, state, traceback, request = item
+        if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
+            result = self.prepare_exception(result)
+        meta = build_meta(task_id, result, state, traceback, request, extended=self.extended)
+        content_type, _, body = dumps(meta, self.serializer)
+        return Write(self.task_key(task_id), state, content_type, body, self._expiry()), meta
+
+    def _expiry(self) -> float | None:
+        # Wall-clock time: other processes compare it with their own clocks.
+        return None if self.expires is None else time.time() + self.expires
+
+    def _maybe_cleanup(self) -> None:
+        now = time.monotonic()
+        if self.expires and self.cleanup_interval > 0 and now >= self._next_cleanup:
+            self._next_cleanup = now + self.cleanup_interval
+            self.cleanup()
+
+    def _decode(self, record: Record) -> Any:
+        return loads(record.value, record.content_type, None, accept=self.accept)
+
+    def _task_meta(self, record: Record) -> dict[str, Any]:
+        meta = self._decode(record)
+        if not isinstance(meta, dict) or "status" not in meta:
+            raise DecodeError(f"A stored result is not a result meta: {type(meta).__name__}")
+        result = meta.get("result")
+        if meta["status"] in states.EXCEPTION_STATES and (
+            isinstance(result, BaseException) or stored_exceptions.is_stored_exception(result)
+        ):
+            meta["result"] = self.exception_to_python(result)
+        return meta
+
+    # -- the storage surface ----------------------------------------------------------------
+    @abstractmethod
+    def _get(self, key: str) -> Record | None:
+        """The current record of ``key``; None when missing or expired."""
+
+    @abstractmethod
+    def _history(self, key: str, after_seq: int) -> list[Record]:
+        """The records of ``key`` with ``seq > after_seq``, oldest first, current last."""
+
+    @abstractmethod
+    def _store_many(self, writes: Sequence[Write]) -> list[bool]:
+        """Apply ``writes`` in order, together, and wake waiters (in other processes too).
+
+        A write never replaces a stored SUCCESS (it is refused: False); a replaced record
+        stays in the history and the new one gets the next ``seq`` (a new key starts at 1;
+        an expired key counts as new).
+        """
+
+    @abstractmethod
+    def _delete(self, key: str) -> None:
+        """Remove ``key`` and its history."""
+
+    @abstractmethod
+    def _wait(self, watch: Mapping[str, int], timeout: float) -> None:
+        """Return when a key's ``seq`` may exceed ``watch[key]``, or after ``timeout``."""
+
+    @abstractmethod
+    async def _await(self, watch: Mapping[str, int], timeout: float) -> None:
+        """:meth:`_wait` without blocking the event loop."""
+
+    @abstractmethod
+    def cleanup(self, now: float | None = None) -> int:
+        """Delete results expired at ``now`` (default: the current time); return how many."""
+
+
+class _Follower:
+    """One waiter's position in a task's states: what it has seen, and one more look."""
+
+    def __init__(self, backend: ResultBackend, task_id: str, on_message: OnMessage | None) -> None:
+        self.backend = backend
+        self.key = backend.task_key(task_id)
+        self.on_message = on_message
+        self.seen = 0
+
+    def step(self) -> dict[str, Any] | None:
+        """Look once; return the ready meta, or None (``seen`` then says what to watch)."""
+        if self.on_message is None:
+            record = self.backend._get(self.key)
+            if record is None or record.seq == self.seen:
+                return None
+            self.seen = record.seq
+            meta = self.backend._task_meta(record)
+            return meta if meta["status"] in states.READY_STATES else None
+        for record in self.backend._history(self.key, self.seen):
+            meta = self.backend._task_meta(record)
+            self.seen = record.seq
+            self.on_message(meta)
+            if meta["status"] in states.READY_STATES:
+                return meta
+        return None
+
+
+class _Deadline:
+    """How long the next wait may last, and the timeout error once none is left."""
+
+    def __init__(self, timeout: float | None, interval: float) -> None:
+        self.timeout = timeout
+        self.interval = max(interval, 0.001)
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def next_nap(self) -> float:
+        if self.at is None:
+            return self.interval
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise exceptions.TimeoutError(f"The result was not ready within {self.timeout}s")
+        return min(self.interval, remaining)

@@ -1,0 +1,301 @@
+"""The worker's event loop side: fetch task messages, hand them to the pool, settle them.
+
+One asyncio loop owns the broker connection. It keeps at most ``prefetch`` requests in
+flight (received and not finished; held ETA tasks are counted apart, up to
+``worker_eta_hold_limit``), fetches in batches, and acknowledges in batches:
+
+- by default a message is acked when its task is handed to the pool (Celery's early ack);
+- with ``acks_late`` it is acked when the task finished; a task whose process died is
+  requeued (``reject_on_worker_lost``) or recorded as failed with ``WorkerLostError``;
+- ``Reject`` requeues or dead-letters; an expired task is marked REVOKED and not run;
+- a message that cannot be processed (see ``request.read_request``) is logged once with
+  its id and moved to the dead-letter queue; the worker carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals, states
+from celeriac.exceptions import TimeLimitExceeded, WorkerLostError
+from celeriac.messaging.consumer import Consumer
+from celeriac.messaging.entities import Queue
+from celeriac.transports.base import Envelope, Outgoing
+from celeriac.worker.job import Outcome
+from celeriac.worker.ratelimit import RateLimits
+from celeriac.worker.request import BadMessage, Request, read_request
+
+if TYPE_CHECKING:
+    from celeriac.app.base import Celery
+    from celeriac.messaging.connection import Connection
+    from celeriac.messaging.message import Message
+    from celeriac.worker.pools.base import Pool
+
+logger = logging.getLogger("celeriac.worker")
+
+#: Longest idle wait before looking at the broker again.
+IDLE_WAIT = 1.0
+
+
+class TaskConsumer:
+    """Consumes ``queues`` for one worker and runs their tasks in ``pool``."""
+
+    def __init__(
+        self,
+        app: Celery,
+        pool: Pool,
+        queues: Sequence[Queue],
+        hostname: str,
+        prefetch: int,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.queues = list(queues)
+        self.hostname = hostname
+        self.prefetch = max(1, prefetch)
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
+        self.rate_limits = RateLimits(
+            app.conf.task_default_rate_limit, app.conf.worker_disable_rate_limits
+        )
+        self.eta_limit = app.conf.worker_eta_hold_limit
+        self.connection: Connection = app.connection()
+        self.consumer = Consumer(
+            self.connection, self.queues, prefetch_count=0, accept=app.conf.accept_content
+        )
+        self.in_flight = 0
+        self.processed = 0
+        self.held: dict[str, tuple[Request, asyncio.TimerHandle]] = {}
+        self._acks: list[Message] = []
+        self._requeues: list[Message] = []
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the loop -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Declare the queues and start consuming."""
+        await self.connection.arun(self.consumer.consume)
+
+    async def run(self) -> None:
+        """Fetch and dispatch until ``stop`` is called."""
+        transport = self.connection.transport
+        while not self._stopping:
+            room = self.prefetch - self.in_flight
+            if len(self.held) >= self.eta_limit:
+                room = 0  # The rest waits in the broker until held tasks come due.
+            messages = await self.consumer.afetch(room) if room > 0 else []
+            for message in messages:
+                self._receive(message)
+            await self.flush()
+            if messages:
+                continue
+            self._changed.clear()
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
+            if room > 0:
+                waiters.append(asyncio.ensure_future(transport.await_ready(IDLE_WAIT)))
+            _done, pending = await asyncio.wait(
+                waiters, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Stop fetching (running tasks go on)."""
+        self._stopping = True
+        self._changed.set()
+
+    async def flush(self) -> None:
+        """Send the pending batched acks and requeues."""
+        if self._acks or self._requeues:
+            acks, self._acks = self._acks, []
+            requeues, self._requeues = self._requeues, []
+            await self.consumer.asettle_many(acks, requeues)
+
+    async def shutdown(self) -> None:
+        """Return held (ETA and rate-limited) tasks to the broker and close the connection."""
+        self.stop()
+        for request, timer in list(self.held.values()):
+            timer.cancel()
+            self._requeues.append(request.message)
+        self.held.clear()
+        await self.flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+        await self.connection.arun(self.connection.close)
+
+    # -- receiving ------------------------------------------------------------------------
+    def _receive(self, message: Message) -> None:
+        try:
+            request = read_request(
+                self.app, message, self.hostname, self.time_limit, self.soft_time_limit
+            )
+        except BadMessage as bad:
+            self._spawn(self._dead_letter(message, bad))
+            return
+        logger.info("Task %s[%s] received", request.name, request.id)
+        signals.task_received.send(sender=self, request=request)
+        now = datetime.now(UTC)
+        if request.expired(now):
+            self._spawn(self._revoke_expired(request))
+            return
+        delay = request.eta_delay(now)
+        if delay > 0:
+            self._hold(request, delay)
+            return
+        self.in_flight += 1
+        self._admit(request)
+
+    def _hold(self, request: Request, delay: float) -> None:
+        """Keep ``request`` (unacked) until ``delay`` seconds pass, then admit it."""
+
+        def due() -> None:
+            self.held.pop(request.id, None)
+            self.in_flight += 1
+            self._admit(request)
+            self._changed.set()
+
+        timer = asyncio.get_running_loop().call_later(delay, due)
+        self.held[request.id] = (request, timer)
+
+    def _admit(self, request: Request) -> None:
+        """Start ``request`` now, or later when its task's rate limit says so."""
+        wait = self.rate_limits.delay(request.task.name, request.task.rate_limit)
+        if wait > 0:
+            # Held like an ETA task, so a shutdown returns it to the broker.
+            self.in_flight -= 1
+            self._hold(request, wait)
+            return
+        if not request.acks_late:
+            self._acks.append(request.message)
+        future = self.pool.submit(request.job)
+        future.add_done_callback(lambda f: self._spawn(self._finished(request, f.result())))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- finishing ------------------------------------------------------------------------
+    async def _finished(self, request: Request, outcome: Outcome) -> None:
+        try:
+            await self._settle(request, outcome)
+            self._log(request, outcome)
+        except Exception:
+            logger.exception("Settling task %s[%s] failed", request.name, request.id)
+        finally:
+            self.in_flight -= 1
+            self.processed += 1
+            self._changed.set()
+
+    async def _settle(self, request: Request, outcome: Outcome) -> None:
+        message = request.message
+        if outcome.worker_lost or _stopped_by_limit(outcome):
+            if outcome.worker_lost and request.acks_late and request.reject_on_worker_lost:
+                self._requeues.append(message)
+                return
+            await self._record_failure(request, outcome)
+        if outcome.state == states.REJECTED:
+            if not message.acknowledged and message not in self._acks:
+                await self.connection.arun(message.reject, outcome.requeue)
+            return
+        if request.acks_late:
+            self._acks.append(message)
+        if len(self._acks) >= self.prefetch or self.in_flight <= 1:
+            await self.flush()
+
+    async def _record_failure(self, request: Request, outcome: Outcome) -> None:
+        """Store the failure of a task whose process could not (killed, time limit)."""
+        info = outcome.error
+        message = info.args[0] if info and info.args else "worker lost"
+        exc: BaseException = (
+            TimeLimitExceeded(message) if _stopped_by_limit(outcome) else WorkerLostError(message)
+        )
+        if request.info.ignore_result or request.task.ignore_result:
+            return
+        backend = self.app.backend
+        await self.connection.arun(
+            backend.mark_as_failure, request.id, exc, info.traceback if info else None
+        )
+
+    async def _revoke_expired(self, request: Request) -> None:
+        logger.info("Discarding expired task %s[%s]", request.name, request.id)
+        await self.connection.arun(self.app.backend.mark_as_revoked, request.id, "expired")
+        signals.task_revoked.send(
+            sender=request.task, request=request, terminated=False, signum=None, expired=True
+        )
+        self._acks.append(request.message)
+
+    async def _dead_letter(self, message: Message, bad: BadMessage) -> None:
+        queue_name = self.app.conf.task_dead_letter_queue
+        ident = message.headers.get("id") or message.properties.correlation_id
+        logger.error(
+            "Rejecting message %s (%s): %s; moved to dead-letter queue %r",
+            ident,
+            bad.kind,
+            bad.reason,
+            queue_name,
+        )
+        headers = dict(message.headers)
+        headers.update(
+            {
+                "x-celeriac-dead-letter-reason": bad.reason,
+                "x-celeriac-dead-letter-kind": bad.kind,
+                "x-celeriac-original-queue": message.delivery_info["queue"],
+            }
+        )
+        envelope = Envelope(message.body, headers, message.properties)
+        conn = self.connection
+
+        def move() -> None:
+            conn.declare(Queue(queue_name))
+            conn.transport.publish([Outgoing(envelope, "", queue_name)])
+
+        await conn.arun(move)
+        self._acks.append(message)
+
+    def _log(self, request: Request, outcome: Outcome) -> None:
+        if outcome.state == states.SUCCESS:
+            logger.info(
+                "Task %s[%s] succeeded in %.4fs: %r",
+                request.name,
+                request.id,
+                outcome.runtime,
+                outcome.result,
+            )
+        elif outcome.state == states.RETRY and outcome.error is not None:
+            logger.info("Task %s[%s] retry: %s", request.name, request.id, _describe(outcome))
+        elif outcome.state == states.FAILURE and outcome.error is not None:
+            logger.error(
+                "Task %s[%s] raised unexpected: %s\n%s",
+                request.name,
+                request.id,
+                _describe(outcome),
+                outcome.error.traceback,
+            )
+        elif outcome.state == states.REJECTED:
+            logger.warning(
+                "Task %s[%s] rejected (requeue=%s)", request.name, request.id, outcome.requeue
+            )
+
+
+def _describe(outcome: Outcome) -> str:
+    info = outcome.error
+    if info is None:
+        return ""
+    args = ", ".join(repr(a) for a in info.args)
+    return f"{info.type}({args})"
+
+
+def _stopped_by_limit(outcome: Outcome) -> bool:
+    """A hard time limit stopped the job (the pool says so; the tracer could not run)."""
+    error = outcome.error
+    return error is not None and error.type == TimeLimitExceeded.__name__ and not error.traceback
