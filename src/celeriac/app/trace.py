@@ -186,7 +186,7 @@ class Tracer:
         except BaseException as exc:
             return self._failed(task, job, request, exc, runtime)
         self._finish(task, job, states.SUCCESS, retval, None)
-        return Outcome(states.SUCCESS, result=retval, runtime=runtime)
+        return Outcome(states.SUCCESS, recorded=True, result=retval, runtime=runtime)
 
     def _failed(
         self,
@@ -200,11 +200,13 @@ class Tracer:
             return self._retried(task, job, request, exc, runtime)
         if isinstance(exc, Ignore):
             self._finish(task, job, states.IGNORED, None, None)
-            return Outcome(states.IGNORED, runtime=runtime)
+            return Outcome(states.IGNORED, recorded=True, runtime=runtime)
         if isinstance(exc, Reject):
             info = exception_info(exc)
             self._finish(task, job, states.REJECTED, exc, info)
-            return Outcome(states.REJECTED, error=info, requeue=exc.requeue, runtime=runtime)
+            return Outcome(
+                states.REJECTED, recorded=True, error=info, requeue=exc.requeue, runtime=runtime
+            )
         info = exception_info(exc)
         try:
             if self._stores(task, request) or task.store_errors_even_if_ignored:
@@ -225,7 +227,7 @@ class Tracer:
         except Exception:
             logger.exception("Recording the failure of %s[%s] failed", task.name, job.id)
         self._finish(task, job, states.FAILURE, exc, info)
-        return Outcome(states.FAILURE, error=info, runtime=runtime)
+        return Outcome(states.FAILURE, recorded=True, error=info, runtime=runtime)
 
     def _retried(
         self, task: Task[Any, Any], job: Job, request: Context, retry: Retry, runtime: float
@@ -233,7 +235,9 @@ class Tracer:
         cause = retry.exc if retry.exc is not None else retry
         info = exception_info(cause)
         if retry.is_eager:
-            return Outcome(states.RETRY, error=info, retry={"eager_result": retry.sig})
+            return Outcome(
+                states.RETRY, recorded=True, error=info, retry={"eager_result": retry.sig}
+            )
         try:
             if self._stores(task, request):
                 task.backend.mark_as_retry(
@@ -244,7 +248,9 @@ class Tracer:
         except Exception:
             logger.exception("Recording the retry of %s[%s] failed", task.name, job.id)
         self._finish(task, job, states.RETRY, cause, info)
-        return Outcome(states.RETRY, error=info, runtime=runtime, retry={"when": retry.when})
+        return Outcome(
+            states.RETRY, recorded=True, error=info, runtime=runtime, retry={"when": retry.when}
+        )
 
     def _finish(self, task: Task[Any, Any], job: Job, state: str, retval: Any, info: Any) -> None:
         try:

@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from celeriac import signals, states
-from celeriac.exceptions import TimeLimitExceeded, WorkerLostError
+from celeriac import exceptions, signals, states
+from celeriac.exceptions import WorkerLostError
 from celeriac.messaging.consumer import Consumer
 from celeriac.messaging.entities import Queue
 from celeriac.transports.base import Envelope, Outgoing
-from celeriac.worker.job import Outcome
+from celeriac.worker.job import ExceptionInfo, Outcome
 from celeriac.worker.ratelimit import RateLimits
 from celeriac.worker.request import BadMessage, Request, read_request
 
@@ -198,7 +198,7 @@ class TaskConsumer:
 
     async def _settle(self, request: Request, outcome: Outcome) -> None:
         message = request.message
-        if outcome.worker_lost or _stopped_by_limit(outcome):
+        if outcome.state == states.FAILURE and not outcome.recorded:
             if outcome.worker_lost and request.acks_late and request.reject_on_worker_lost:
                 self._requeues.append(message)
                 return
@@ -213,18 +213,13 @@ class TaskConsumer:
             await self.flush()
 
     async def _record_failure(self, request: Request, outcome: Outcome) -> None:
-        """Store the failure of a task whose process could not (killed, time limit)."""
-        info = outcome.error
-        message = info.args[0] if info and info.args else "worker lost"
-        exc: BaseException = (
-            TimeLimitExceeded(message) if _stopped_by_limit(outcome) else WorkerLostError(message)
-        )
+        """Store a failure the tracer could not (its process was killed, a time limit)."""
         if request.info.ignore_result or request.task.ignore_result:
             return
-        backend = self.app.backend
-        await self.connection.arun(
-            backend.mark_as_failure, request.id, exc, info.traceback if info else None
-        )
+        info = outcome.error
+        exc = _rebuild(info) if info is not None else WorkerLostError("worker lost")
+        traceback = info.traceback if info is not None else None
+        await self.connection.arun(self.app.backend.mark_as_failure, request.id, exc, traceback)
 
     async def _revoke_expired(self, request: Request) -> None:
         logger.info("Discarding expired task %s[%s]", request.name, request.id)
@@ -295,7 +290,12 @@ def _describe(outcome: Outcome) -> str:
     return f"{info.type}({args})"
 
 
-def _stopped_by_limit(outcome: Outcome) -> bool:
-    """A hard time limit stopped the job (the pool says so; the tracer could not run)."""
-    error = outcome.error
-    return error is not None and error.type == TimeLimitExceeded.__name__ and not error.traceback
+def _rebuild(info: ExceptionInfo) -> BaseException:
+    """The exception a pool reported: carried as is, one of ours by name, or described."""
+    if info.exception is not None:
+        return info.exception
+    if info.module == "celeriac.exceptions":
+        cls = getattr(exceptions, info.type, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return cls(*info.args)
+    return exceptions.RemoteError(info.type, info.module, tuple(info.args))

@@ -67,6 +67,8 @@ class Outcome:
         requeue: For REJECTED: put the message back on the queue.
         worker_lost: The process running the job died; ``error`` is a WorkerLostError.
         retry: For RETRY: options of the next attempt (countdown/eta, max_retries...).
+        recorded: The tracer stored this outcome in the result backend. Outcomes a pool
+            made itself (a killed process, a time limit) are not, and the worker stores them.
     """
 
     state: str
@@ -76,3 +78,4 @@ class Outcome:
     requeue: bool = False
     worker_lost: bool = False
     retry: dict[str, Any] | None = None
+    recorded: bool = False

@@ -68,7 +68,7 @@ class Pool(ABC):
         on_process_start: Callable[[], None] | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+            raise ImproperlyConfigured(f"concurrency must be at least 1, not {concurrency}")
         self.runner = runner
         ceiling = self.max_concurrency
         self.concurrency = concurrency if ceiling is None else min(concurrency, ceiling)

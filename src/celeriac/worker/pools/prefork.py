@@ -237,7 +237,7 @@ class PreforkPool(Pool):
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-            self._become_child(theirs, [ours.fileno(), watch_end], options)
+            self._become_child(theirs, ours, watch_end, options)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         if held_end >= 0:
@@ -249,19 +249,19 @@ class PreforkPool(Pool):
         self._loop.add_reader(child.sentinel, self._on_exit, child)
 
     def _become_child(
-        self, conn: socket.socket, parent_fds: list[int], options: ChildOptions
+        self, conn: socket.socket, ours: socket.socket, watch_end: int, options: ChildOptions
     ) -> NoReturn:  # pragma: no cover - runs in the child
         """In a new child: drop the parent's ends of every channel, then serve jobs.
 
         A sibling holding a socket or pipe end would keep it open after its own child died.
-        Only file descriptors are closed; the parent's loop is never touched here.
+        Only file descriptors are closed (sockets through their objects, so nothing closes
+        them twice); the parent's loop is never touched here.
         """
         try:
-            for sibling in self._children.values():
-                if sibling.channel is not None:
-                    parent_fds.append(sibling.channel.sock.fileno())
-                parent_fds.append(sibling.sentinel)
-            for fd in parent_fds:
+            sockets = [ours, *(s.channel.sock for s in self._children.values() if s.channel)]
+            for sock in sockets:
+                sock.close()
+            for fd in [watch_end, *(sibling.sentinel for sibling in self._children.values())]:
                 if fd >= 0:
                     os.close(fd)
             child_main(conn, options)
