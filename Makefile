@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -25,6 +25,10 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint types unit
+
+# A worker on the embedded SQLite broker, the example tasks sent to it, a warm shutdown.
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/messaging.py

@@ -444,7 +444,7 @@ class Celery:
         signals.after_task_publish.send(
             sender=name, body=message.body, exchange=exchange, routing_key=key
         )
-        return Result(message.correlation_id, app=self, task_name=name)
+        return self._child_result(message.correlation_id, name, rest)
 
     async def asend_task(
         self,
@@ -464,7 +464,16 @@ class Celery:
             )
         finally:
             lease.release()
-        return Result(message.correlation_id, app=self, task_name=name)
+        return self._child_result(message.correlation_id, name, rest)
+
+    def _child_result(self, task_id: str, name: str, options: dict[str, Any]) -> Result[Any]:
+        """The result of a sent task, recorded as a child of the running task (if any)."""
+        result: Result[Any] = Result(task_id, app=self, task_name=name)
+        parent = state.current_request.get()
+        adds = options.get("add_to_parent", True)
+        if parent is not None and adds and parent.id and not parent.called_directly:
+            parent.children.append(result)
+        return result
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

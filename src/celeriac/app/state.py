@@ -7,6 +7,7 @@ at once on one thread each see their own ``self.request``.
 from __future__ import annotations
 
 import threading
+import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 _current_app: Celery | None = None
 _lock = threading.Lock()
-_all_apps: list[Celery] = []
+_all_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 current_request: ContextVar[Context | None] = ContextVar("celeriac_request", default=None)
 
@@ -42,10 +43,10 @@ def set_current_app(app: Celery) -> None:
 def register_app(app: Celery) -> None:
     """Remember ``app`` so ``shared_task`` can register tasks with it."""
     with _lock:
-        _all_apps.append(app)
+        _all_apps.add(app)
 
 
 def all_apps() -> list[Celery]:
-    """Every app made in this process."""
+    """Every app of this process that is still in use."""
     with _lock:
         return list(_all_apps)

@@ -69,6 +69,7 @@ class Context:
     headers: Mapping[str, Any] | None = None
     is_eager: bool = False
     called_directly: bool = True
+    children: list[Any] = []  # noqa: RUF012 (each running request gets its own list)
 
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
@@ -178,7 +179,8 @@ class Task(Generic[P, R]):
         """Run the task function in this process (no message, no result stored)."""
         if current_request.get() is not None and current_request.get().task == self.name:  # type: ignore[union-attr]
             return cast(R, self.run(*args, **kwargs))
-        token = current_request.set(Context(task=self.name, args=args, kwargs=kwargs))
+        context = Context(task=self.name, args=args, kwargs=kwargs, children=[])
+        token = current_request.set(context)
         try:
             return cast(R, self.run(*args, **kwargs))
         finally:

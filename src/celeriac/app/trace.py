@@ -9,11 +9,13 @@ and errbacks. It never raises: every exception becomes part of the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 import traceback as tb
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
@@ -123,6 +125,7 @@ class Tracer:
             called_directly=False,
             hostname=self.hostname,
             timelimit=(job.time_limit, job.soft_time_limit),
+            children=[],
         )
         return Context(**fields)
 
@@ -144,7 +147,7 @@ class Tracer:
     def _call(self, task: Task[Any, Any], job: Job) -> Any:
         try:
             if task.is_coroutine:
-                return asyncio.run(task.run(*job.args, **job.kwargs))
+                return _run_coroutine(lambda: task.run(*job.args, **job.kwargs))
             if type(task).__call__ is not Task.__call__:
                 return task(*job.args, **job.kwargs)
             return task.run(*job.args, **job.kwargs)
@@ -172,16 +175,18 @@ class Tracer:
             "hostname": request.hostname,
             "retries": request.retries,
             "delivery_info": request.delivery_info,
+            "children": list(request.children),
         }
 
     def _succeeded(
         self, task: Task[Any, Any], job: Job, request: Context, retval: Any, runtime: float
     ) -> Outcome:
         try:
+            # Callbacks first, as Celery does, so their results are stored as children.
+            self._send_callbacks(request, retval)
             if self._stores(task, request):
                 task.backend.mark_as_done(job.id, retval, request=self._request_meta(task, request))
             task.on_success(retval, job.id, job.args, job.kwargs)
-            self._send_callbacks(request, retval)
             signals.task_success.send(sender=task, result=retval)
         except BaseException as exc:
             return self._failed(task, job, request, exc, runtime)
@@ -300,6 +305,21 @@ class Tracer:
                     sig.apply_async((request.id,), **self._link_options(request))
             except Exception:
                 logger.exception("Errback %r of task %s raised", sig, request.id)
+
+
+def _run_coroutine(make: Callable[[], Any]) -> Any:
+    """Run an ``async def`` task to completion from synchronous code.
+
+    On a thread whose event loop is running (the solo pool runs on the worker's loop),
+    ``asyncio.run`` is not allowed, so the coroutine gets a loop on a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(1, thread_name_prefix="celeriac-async-task") as executor:
+        return executor.submit(context.run, lambda: asyncio.run(make())).result()
 
 
 def _takes_request(task: Task[Any, Any]) -> bool:

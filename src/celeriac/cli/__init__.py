@@ -32,7 +32,8 @@ def setup_logging(app: Celery, loglevel: str) -> None:
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None) -> None:
     """celeriac: a distributed task queue with Celery's API."""
-    sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     ctx.obj = app_path
 
 

@@ -40,7 +40,9 @@ def find_app(path: str) -> Celery:
     for sub in ("celery", "app", "tasks"):
         try:
             submodule = importlib.import_module(f"{module_name}.{sub}")
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{module_name}.{sub}":
+                raise  # the module exists but something it imports does not
             continue
         found = _in_module(submodule)
         if found is not None:

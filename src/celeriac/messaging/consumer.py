@@ -200,7 +200,7 @@ class Consumer:
             return
         logger.error(
             "Cannot decode message %s (tag %s, content type %r): %s; rejecting it",
-            message.properties.correlation_id or message.properties.message_id,
+            message.properties.correlation_id or message.properties.message_id or "without id",
             message.delivery_tag,
             message.content_type,
             exc,

@@ -25,7 +25,8 @@ import celeriac
 from celeriac import signals
 from celeriac.app.trace import Tracer
 from celeriac.messaging.entities import Queue
-from celeriac.utils.url import mask_password
+from celeriac.transports.sqlite_db import path_from_url
+from celeriac.utils.url import mask_password, scheme_of
 from celeriac.worker.consumer import TaskConsumer
 from celeriac.worker.pools import pool_class
 
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
     from celeriac.worker.pools.base import Pool
 
 logger = logging.getLogger("celeriac.worker")
+
+
+def display_url(url: str) -> str:
+    """``url`` for people: password masked, an SQLite file's path made absolute."""
+    if scheme_of(url) in ("sqlite", "db+sqlite", "sqla+sqlite"):
+        return f"{url.partition('://')[0]}:///{path_from_url(url)}"
+    return mask_password(url)
 
 
 def expand_hostname(name: str | None) -> str:
@@ -205,8 +213,8 @@ class Worker:
             f"--- ***** ----- {platform.platform()}\n"
             f"-- ******* ---- [config]\n"
             f"- *** --- * --- .> app:         {app.main or '__main__'}:{id(app):#x}\n"
-            f"- ** ---------- .> transport:   {mask_password(app.broker_url)}\n"
-            f"- ** ---------- .> results:     {mask_password(app.result_backend_url)}\n"
+            f"- ** ---------- .> transport:   {display_url(app.broker_url)}\n"
+            f"- ** ---------- .> results:     {display_url(app.result_backend_url)}\n"
             f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name})\n"
             f"-- ******* ---- .> prefetch:    {self.prefetch}\n"
             f"--- ***** ----- \n"

@@ -1,0 +1,1 @@
+"""An example celeriac project, laid out as a Celery project would be."""
