@@ -15,7 +15,7 @@ from celeriac.exceptions import MissingDependency, SerializationError
 from celeriac.messaging import serialization
 from celeriac.messaging.connection import Channel, Connection
 from celeriac.messaging.entities import Queue
-from celeriac.messaging.message import Message
+from celeriac.messaging.message import Message, State
 from celeriac.transports.base import Delivery
 
 logger = logging.getLogger(__name__)
@@ -159,20 +159,44 @@ class Consumer:
             await conn.arun(conn.transport.ack, self._mark_auto_acked(messages))
         return messages
 
-    async def asettle_many(self, acks: list[Message], requeues: list[Message]) -> None:
-        """Ack and requeue many messages in one broker call each (off the event loop)."""
+    async def asettle_many(
+        self,
+        acks: Sequence[Message] = (),
+        requeues: Sequence[Message] = (),
+        rejects: Sequence[Message] = (),
+    ) -> None:
+        """Ack, requeue and reject many messages with one broker call each (off the loop).
+
+        Messages settled already are skipped: a batch may be collected over a while.
+        """
         conn = self.connection
-        for batch, requeue in ((acks, None), (requeues, True)):
+        batches: tuple[tuple[Sequence[Message], State], ...] = (
+            (acks, "ACK"),
+            (requeues, "REQUEUED"),
+            (rejects, "REJECTED"),
+        )
+        for batch, state in batches:
             pending = [m for m in batch if not m.acknowledged]
             if not pending:
                 continue
             tags = [m.delivery_tag for m in pending]
-            if requeue:
-                await conn.arun(conn.transport.reject, tags, True)
-            else:
+            if state == "ACK":
                 await conn.arun(conn.transport.ack, tags)
+            else:
+                await conn.arun(conn.transport.reject, tags, state == "REQUEUED")
             for message in pending:
-                message.mark_settled("REQUEUED" if requeue else "ACK")
+                if not message.acknowledged:
+                    message.mark_settled(state)
+
+    async def adefer_many(self, deferrals: Sequence[tuple[Message, float]]) -> None:
+        """Return messages to the broker, each hidden until its time (``time.time()``)."""
+        pending = [(m, until) for m, until in deferrals if not m.acknowledged]
+        if not pending:
+            return
+        conn = self.connection
+        await conn.arun(conn.transport.defer, [(m.delivery_tag, t) for m, t in pending])
+        for message, _until in pending:
+            message.mark_settled("REQUEUED")
 
     # -- dispatch -------------------------------------------------------------------------
     def dispatch(self, messages: list[Message]) -> int:

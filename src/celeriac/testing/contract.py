@@ -420,6 +420,35 @@ class TransportContract:
         assert again.delivery_info["redelivered"] is True
         assert again.decode() == {"n": 1}
 
+    def test_a_deferred_message_is_hidden_until_its_time_then_delivered(
+        self, broker: Sandbox
+    ) -> None:
+        conn = broker.connect()
+        queue = Queue(broker.name("q"), delivery_limit=0)
+        put(conn, queue, {"n": 1})
+        put(conn, queue, {"n": 2})
+        first = take_one(conn, queue)
+        conn.transport.defer([(first.delivery_tag, time.time() + 0.3)])
+        (second,) = take_ready(conn, queue)
+        assert second.decode() == {"n": 2}
+        second.ack()
+        assert take_ready(conn, queue) == []
+        time.sleep(0.45)
+        # Not counted as a failed delivery: delivery_limit=0 would dead-letter it.
+        (again,) = take_ready(conn, queue)
+        assert again.decode() == {"n": 1}
+        again.ack()
+
+    def test_purge_removes_deferred_messages_too(self, broker: Sandbox) -> None:
+        conn = broker.connect()
+        queue = Queue(broker.name("q"))
+        put(conn, queue, "later")
+        message = take_one(conn, queue)
+        conn.transport.defer([(message.delivery_tag, time.time() + 0.2)])
+        assert conn.transport.purge(queue.name) == 1
+        time.sleep(0.3)
+        assert take_ready(conn, queue) == []
+
     def test_a_rejected_message_without_dead_letter_exchange_is_dropped(
         self, broker: Sandbox
     ) -> None:

@@ -164,7 +164,7 @@ class Transport(ABC):
 
     @abstractmethod
     def queue_length(self, name: str) -> int:
-        """Messages ready in ``name`` (not counting those held by consumers)."""
+        """Messages waiting in ``name``: ready or deferred (not those held by consumers)."""
 
     @abstractmethod
     def purge(self, name: str) -> int:
@@ -190,6 +190,15 @@ class Transport(ABC):
     @abstractmethod
     def reject(self, delivery_tags: Sequence[int], requeue: bool) -> None:
         """Return deliveries to their queues, or dead-letter them when not requeued."""
+
+    @abstractmethod
+    def defer(self, deferrals: Sequence[tuple[int, float]]) -> None:
+        """Return deliveries to their queues, each hidden from consumers until a time.
+
+        ``deferrals`` pairs a delivery tag with a wall-clock time (``time.time()``). The
+        worker uses this for ETA tasks it will not hold in memory; a deferral is not a
+        failed delivery (it does not count towards ``delivery_limit``).
+        """
 
     @abstractmethod
     def wait(self, timeout: float) -> None:

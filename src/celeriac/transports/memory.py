@@ -50,6 +50,8 @@ class _MemQueue:
     # Earliest expiry among ready messages (None: none can expire), so expired messages
     # are dead-lettered on time even in queues nobody consumes.
     next_expiry: float | None = None
+    # Heap of (visible_at, sequence, message) returned by ``defer``.
+    deferred: list[tuple[float, int, _Stored]] = field(default_factory=list)
 
 
 class _Broker:
@@ -143,7 +145,7 @@ class MemoryTransport(Transport):
         with self._broker.cond:
             self._sweep_locked(time.time())
             q = self._broker.queues.get(name)
-            return len(q.ready) if q else 0
+            return len(q.ready) + len(q.deferred) if q else 0
 
     def purge(self, name: str) -> int:
         with self._broker.cond:
@@ -151,7 +153,9 @@ class MemoryTransport(Transport):
             if q is None:
                 return 0
             count = len(q.ready)
+            count += len(q.deferred)
             q.ready.clear()
+            q.deferred.clear()
             return count
 
     # -- messages -------------------------------------------------------------------------
@@ -219,8 +223,10 @@ class MemoryTransport(Transport):
             q.next_expiry = stored.expires_at
 
     def _sweep_locked(self, now: float) -> None:
-        """Dead-letter the expired ready messages of every queue."""
+        """Make due deferred messages ready; dead-letter expired ready ones."""
         for q in list(self._broker.queues.values()):
+            while q.deferred and q.deferred[0][0] <= now:
+                self._push(q, heapq.heappop(q.deferred)[2])
             if q.next_expiry is None or q.next_expiry > now:
                 continue
             expired: list[tuple[int, int, _Stored]] = []
@@ -308,10 +314,26 @@ class MemoryTransport(Transport):
         else:
             self._dead_letter_locked(q, stored, "rejected", now)
 
+    def _next_due_locked(self) -> float:
+        """Seconds until the next deferred message becomes ready (a long time if none)."""
+        times = [q.deferred[0][0] for q in self._broker.queues.values() if q.deferred]
+        return max(0.0, min(times) - time.time()) if times else 3600.0
+
+    def defer(self, deferrals: Sequence[tuple[int, float]]) -> None:
+        with self._broker.cond:
+            for tag, until in deferrals:
+                held = self._unacked.pop(tag, None)
+                q = self._broker.queues.get(held[0]) if held else None
+                if held is None or q is None:
+                    continue
+                stored = held[1]
+                stored.delivery_count -= 1
+                heapq.heappush(q.deferred, (until, next(self._broker.sequence), stored))
+
     def wait(self, timeout: float) -> None:
         with self._broker.cond:
             if self._broker.generation == self._seen_generation:
-                self._broker.cond.wait(timeout)
+                self._broker.cond.wait(min(timeout, self._next_due_locked()))
 
     def wake(self) -> None:
         with self._broker.cond:

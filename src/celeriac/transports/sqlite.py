@@ -56,6 +56,8 @@ Connection = Any  # sqlite3.Connection; aliased to keep signatures short
 logger = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()
 RECLAIM_INTERVAL = 1.0
+#: The owner of messages returned by ``defer`` until they are due.
+DEFERRED = "~deferred"
 #: How often a fetching session dead-letters expired messages of every queue.
 EXPIRY_INTERVAL = 0.1
 _CHUNK = 500
@@ -311,9 +313,9 @@ class SQLiteTransport(Transport):
         now = time.time()
         row = self._db.read(
             lambda conn: conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE queue = ? AND owner IS NULL "
-                "AND (expires_at IS NULL OR expires_at > ?)",
-                (name, now),
+                "SELECT COUNT(*) FROM messages WHERE queue = ? "
+                "AND (owner IS NULL OR owner = ?) AND (expires_at IS NULL OR expires_at > ?)",
+                (name, DEFERRED, now),
             ).fetchone()
         )
         return int(row[0])
@@ -323,7 +325,8 @@ class SQLiteTransport(Transport):
             self._db.write(
                 lambda conn: (
                     conn.execute(
-                        "DELETE FROM messages WHERE queue = ? AND owner IS NULL", (name,)
+                        "DELETE FROM messages WHERE queue = ? AND (owner IS NULL OR owner = ?)",
+                        (name, DEFERRED),
                     ).rowcount
                 )
             )
@@ -454,8 +457,13 @@ class SQLiteTransport(Transport):
         return deliveries
 
     def _expire(self, conn: Connection, topo: _Topology, now: float) -> bool:
-        """Dead-letter expired ready messages of every queue; True when any went somewhere."""
+        """Make due deferred messages ready and dead-letter expired ones; True on any."""
         self._next_expiry = now + EXPIRY_INTERVAL
+        undeferred = conn.execute(
+            f"UPDATE messages SET owner = NULL, not_before = NULL "
+            f"WHERE owner = '{DEFERRED}' AND not_before <= ?",
+            (now,),
+        ).rowcount
         rows = conn.execute(
             "SELECT id, exchange, routing_key, meta, body, queue FROM messages "
             "WHERE expires_at <= ? AND expires_at IS NOT NULL AND owner IS NULL LIMIT 1000",
@@ -463,7 +471,7 @@ class SQLiteTransport(Transport):
         ).fetchall()
         for row in rows:
             self._kill(conn, topo, row[5], [(*row[:5], "expired")], now)
-        return bool(rows)
+        return bool(rows) or undeferred > 0
 
     def _take(
         self, conn: Connection, topo: _Topology, session: str, queue: str, want: int, now: float
@@ -545,6 +553,18 @@ class SQLiteTransport(Transport):
 
         self._db.write(work)
         self._wake.notify()
+
+    def defer(self, deferrals: Sequence[tuple[int, float]]) -> None:
+        if not deferrals:
+            return
+        session = self._session_id()
+        self._db.write(
+            lambda conn: conn.executemany(
+                "UPDATE messages SET owner = ?, not_before = ?, "
+                "delivery_count = delivery_count - 1 WHERE owner = ? AND id = ?",
+                [(DEFERRED, until, session, tag) for tag, until in deferrals],
+            )
+        )
 
     def wait(self, timeout: float) -> None:
         self._wake.wait(timeout)

@@ -9,7 +9,9 @@ What lives where:
 - ``bindings``: exchange -> queue rules (routing key, headers arguments as JSON).
 - ``messages``: one row per message per queue. ``owner`` is NULL while the message is ready
   and holds the consuming session's id while it is leased; the row is deleted only when
-  acked. ``meta`` is the JSON ``[headers, properties]``; ``body`` the raw bytes.
+  acked. ``meta`` is the JSON ``[headers, properties]``; ``body`` the raw bytes. A message
+  returned by ``defer`` has the owner ``~deferred`` and becomes ready again (owner NULL)
+  at ``not_before``; ``messages_deferred`` finds the due ones.
 - ``sessions``: live client sessions and their heartbeats. A session whose heartbeat is
   stale, or whose process on this host is gone, is dead: its leased messages return to
   their queues marked redelivered, and its exclusive queues are deleted.
@@ -48,6 +50,7 @@ INDEXES = (
     "messages_ready",
     "messages_owner",
     "messages_expiring",
+    "messages_deferred",
     "results_expires",
 )
 
@@ -84,12 +87,15 @@ CREATE TABLE IF NOT EXISTS messages (
     expires_at     REAL,
     delivery_count INTEGER NOT NULL DEFAULT 0,
     redelivered    INTEGER NOT NULL DEFAULT 0,
-    owner          TEXT
+    owner          TEXT,
+    not_before     REAL
 );
 CREATE INDEX IF NOT EXISTS messages_ready
     ON messages(queue, priority DESC, id) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS messages_owner
     ON messages(owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_deferred
+    ON messages(not_before) WHERE owner = '~deferred';
 CREATE INDEX IF NOT EXISTS messages_expiring
     ON messages(expires_at) WHERE expires_at IS NOT NULL AND owner IS NULL;
 CREATE TABLE IF NOT EXISTS sessions (

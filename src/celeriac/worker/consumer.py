@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: Longest idle wait before looking at the broker again.
 IDLE_WAIT = 1.0
+#: ETA tasks returned to the broker come back this many seconds before they are due.
+ETA_MARGIN = 2.0
 
 
 class TaskConsumer:
@@ -74,8 +77,12 @@ class TaskConsumer:
         self.held: dict[str, tuple[Request, asyncio.TimerHandle]] = {}
         self._acks: list[Message] = []
         self._requeues: list[Message] = []
+        self._rejects: list[Message] = []
+        self._defers: list[tuple[Message, float]] = []
         self._changed = asyncio.Event()
         self._stopping = False
+        #: Set by a cold shutdown: the pool is being terminated on purpose.
+        self.terminating = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the loop -------------------------------------------------------------------------
@@ -85,27 +92,35 @@ class TaskConsumer:
 
     async def run(self) -> None:
         """Fetch and dispatch until ``stop`` is called."""
-        transport = self.connection.transport
         while not self._stopping:
-            room = self.prefetch - self.in_flight
-            if len(self.held) >= self.eta_limit:
-                room = 0  # The rest waits in the broker until held tasks come due.
-            messages = await self.consumer.afetch(room) if room > 0 else []
-            for message in messages:
-                self._receive(message)
-            await self.flush()
-            if messages:
-                continue
-            self._changed.clear()
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
-            if room > 0:
-                waiters.append(asyncio.ensure_future(transport.await_ready(IDLE_WAIT)))
-            _done, pending = await asyncio.wait(
-                waiters, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in pending:
-                waiter.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            try:
+                await self._step()
+            except Exception:
+                # A bug here must not stop the worker from fetching: log and go on.
+                logger.exception("Error in the worker's fetch loop; continuing")
+                await asyncio.sleep(IDLE_WAIT)
+
+    async def _step(self) -> None:
+        room = self.prefetch - self.in_flight
+        messages = await self.consumer.afetch(room) if room > 0 else []
+        for message in messages:
+            self._receive(message)
+        await self.flush()
+        if messages:
+            return
+        self._changed.clear()
+        if self._stopping:  # a stop that came while fetching must not wait a period
+            return
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
+        if room > 0:
+            transport = self.connection.transport
+            waiters.append(asyncio.ensure_future(transport.await_ready(IDLE_WAIT)))
+        _done, pending = await asyncio.wait(
+            waiters, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in pending:
+            waiter.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def stop(self) -> None:
         """Stop fetching (running tasks go on)."""
@@ -114,17 +129,22 @@ class TaskConsumer:
 
     async def flush(self) -> None:
         """Send the pending batched acks and requeues."""
-        if self._acks or self._requeues:
+        if self._defers:
+            defers, self._defers = self._defers, []
+            await self.consumer.adefer_many(defers)
+        if self._acks or self._requeues or self._rejects:
             acks, self._acks = self._acks, []
             requeues, self._requeues = self._requeues, []
-            await self.consumer.asettle_many(acks, requeues)
+            rejects, self._rejects = self._rejects, []
+            await self.consumer.asettle_many(acks, requeues, rejects)
 
     async def shutdown(self) -> None:
         """Return held (ETA and rate-limited) tasks to the broker and close the connection."""
         self.stop()
+        now = datetime.now(UTC)
         for request, timer in list(self.held.values()):
             timer.cancel()
-            self._requeues.append(request.message)
+            self._return_held(request, request.eta_delay(now))
         self.held.clear()
         await self.flush()
         if self._tasks:
@@ -154,8 +174,23 @@ class TaskConsumer:
         self.in_flight += 1
         self._admit(request)
 
+    def _return_held(self, request: Request, delay: float) -> None:
+        """Give a held message back to the broker, hidden until shortly before it is due."""
+        if delay > ETA_MARGIN:
+            self._defers.append((request.message, time.time() + delay - ETA_MARGIN))
+        else:
+            self._requeues.append(request.message)
+
     def _hold(self, request: Request, delay: float) -> None:
-        """Keep ``request`` (unacked) until ``delay`` seconds pass, then admit it."""
+        """Keep ``request`` (unacked) until ``delay`` seconds pass, then admit it.
+
+        Beyond ``worker_eta_hold_limit`` held tasks, a task not due within ``ETA_MARGIN``
+        goes back to the broker, hidden until shortly before it is due: memory stays
+        bounded and tasks that are due keep flowing.
+        """
+        if len(self.held) >= self.eta_limit and delay > ETA_MARGIN:
+            self._return_held(request, delay)
+            return
 
         def due() -> None:
             self.held.pop(request.id, None)
@@ -168,6 +203,10 @@ class TaskConsumer:
 
     def _admit(self, request: Request) -> None:
         """Start ``request`` now, or later when its task's rate limit says so."""
+        if request.expired(datetime.now(UTC)):  # it may have expired while held
+            self.in_flight -= 1
+            self._spawn(self._revoke_expired(request))
+            return
         wait = self.rate_limits.delay(request.task.name, request.task.rate_limit)
         if wait > 0:
             # Held like an ETA task, so a shutdown returns it to the broker.
@@ -199,13 +238,17 @@ class TaskConsumer:
     async def _settle(self, request: Request, outcome: Outcome) -> None:
         message = request.message
         if outcome.state == states.FAILURE and not outcome.recorded:
+            if outcome.worker_lost and request.acks_late and self.terminating:
+                return  # Stopped by a cold shutdown: left unacked, the broker redelivers it.
             if outcome.worker_lost and request.acks_late and request.reject_on_worker_lost:
                 self._requeues.append(message)
                 return
             await self._record_failure(request, outcome)
         if outcome.state == states.REJECTED:
-            if not message.acknowledged and message not in self._acks:
-                await self.connection.arun(message.reject, outcome.requeue)
+            # Without acks_late the message was acked when the task started (as in
+            # Celery): there is nothing left to reject.
+            if request.acks_late:
+                (self._requeues if outcome.requeue else self._rejects).append(message)
             return
         if request.acks_late:
             self._acks.append(message)

@@ -178,6 +178,8 @@ class Worker:
             self._stop.set()
         if self.consumer is not None:
             self.consumer.stop()
+        if self._cold and self.consumer is not None:
+            self.consumer.terminating = True
         if self._cold and self.pool is not None:
             self._terminating = asyncio.ensure_future(self.pool.terminate())
 
