@@ -1,0 +1,273 @@
+"""End-to-end helpers: an app per test, and workers in a thread or in a subprocess.
+
+A ``Stack`` is one app (broker and results on the same URL) with the e2e tasks, and the
+pool its workers use. ``stack.worker(**options)`` runs a worker for the duration of a
+``with`` block: in a thread of the test process for the solo, threads and asyncio pools
+(what embedding a worker looks like), or as ``celeriac -A proj worker`` in a subprocess
+for the prefork pool (forking a test runner with threads in it is asking for trouble).
+The memory broker lives in one process, so it is paired only with the in-process pools.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_tasks import make_app, runs
+
+from celeriac import Celery
+from celeriac.messaging import Consumer, Queue
+from celeriac.messaging.message import Message
+from celeriac.worker.worker import Worker, WorkerOptions
+
+E2E_DIR = Path(__file__).resolve().parent
+CELERIAC = Path(sys.executable).with_name("celeriac")
+
+#: (transport, pool): the memory broker with every in-process pool, SQLite with all four.
+ALL_STACKS = [
+    ("memory", "solo"),
+    ("memory", "threads"),
+    ("memory", "asyncio"),
+    ("sqlite", "solo"),
+    ("sqlite", "threads"),
+    ("sqlite", "asyncio"),
+    ("sqlite", "prefork"),
+]
+IN_PROCESS_STACKS = [stack for stack in ALL_STACKS if stack[1] != "prefork"]
+THREADS_STACKS = [("memory", "threads"), ("sqlite", "threads")]
+SQLITE_STACKS = [stack for stack in ALL_STACKS if stack[0] == "sqlite"]
+
+
+def stack_id(stack: tuple[str, str]) -> str:
+    return "-".join(stack)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child interpreter that imports celeriac and ``e2e_tasks``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(E2E_DIR), *sys.path])}
+
+
+PROJ = """\
+from pathlib import Path
+
+from e2e_tasks import make_app
+
+from celeriac.signals import worker_ready
+
+WORKDIR = Path({workdir!r})
+app, tasks = make_app({url!r}, WORKDIR)
+
+
+@worker_ready.connect
+def announce(**_):
+    (WORKDIR / "worker.ready").touch()
+"""
+
+
+class WorkerProcess:
+    """``celeriac -A proj worker`` running in ``workdir``; reaped by ``close``."""
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        self.closed = False
+        (workdir / "worker.ready").unlink(missing_ok=True)
+        self.log_path = workdir / f"worker-{uuid.uuid4().hex[:8]}.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [str(CELERIAC), "-A", "proj", "worker", *args],
+                cwd=workdir,
+                env=subprocess_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        ready = self.workdir / "worker.ready"
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                pytest.fail(f"the worker did not start:\n{self.log()}")
+            time.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def close(self) -> None:
+        """Stop it (warm, then cold, then SIGKILL of its whole session) and reap it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # Children orphaned by a SIGKILLed parent are in its session; none may outlive it.
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        # Shown by pytest when the test fails.
+        print(f"--- worker log ({self.log_path.name}, exit {self.process.returncode}) ---")
+        print(self.log())
+
+
+@contextmanager
+def running_worker(app: Celery, pool: str = "threads", **options: Any) -> Iterator[Worker]:
+    """Run a worker for ``app`` in a thread of this process for the ``with`` block.
+
+    The block's end is a warm stop (running tasks finish); when the block raises, a cold one.
+    """
+    options.setdefault("concurrency", 2)
+    worker = Worker(app, WorkerOptions(pool=pool, **options))
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            failures.append(exc)
+            worker.ready.set()
+
+    thread = threading.Thread(target=run, name="e2e-worker", daemon=True)
+    thread.start()
+    if not worker.ready.wait(10) or failures:
+        worker.stop(cold=True)
+        thread.join(10)
+        raise AssertionError(f"the worker did not start: {failures}")
+    cold = False
+    try:
+        yield worker
+    except BaseException:
+        cold = True
+        raise
+    finally:
+        worker.stop(cold=cold)
+        thread.join(15)
+        assert not thread.is_alive(), "the worker did not stop"
+    assert not failures, f"the worker crashed: {failures!r}"
+
+
+class Stack:
+    """An app on one transport, its e2e tasks, and workers of one pool for it."""
+
+    def __init__(self, transport: str, pool: str, workdir: Path, **settings: Any) -> None:
+        self.transport = transport
+        self.pool = pool
+        self.workdir = workdir
+        if transport == "memory":
+            self.url = f"memory://{uuid.uuid4().hex}"
+        else:
+            self.url = f"sqlite:///{workdir / 't.db'}"
+        self.app, self.tasks = make_app(self.url, workdir, **settings)
+        self.processes: list[WorkerProcess] = []
+
+    @property
+    def in_process(self) -> bool:
+        return self.pool != "prefork"
+
+    @contextmanager
+    def worker(self, **options: Any) -> Iterator[Worker | WorkerProcess]:
+        """A running worker of this stack's pool for the ``with`` block."""
+        if self.in_process:
+            with running_worker(self.app, self.pool, **options) as worker:
+                yield worker
+            return
+        process = self.spawn(**options)
+        try:
+            yield process
+        finally:
+            process.close()
+
+    def spawn(self, pool: str | None = None, **options: Any) -> WorkerProcess:
+        """Start ``celeriac -A proj worker`` for this stack in a subprocess (ready)."""
+        proj = self.workdir / "proj.py"
+        if not proj.exists():
+            proj.write_text(PROJ.format(workdir=str(self.workdir), url=self.url))
+        options.setdefault("concurrency", 2)
+        args = ["-P", pool or self.pool, "-l", "INFO"]
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            text = ",".join(value) if isinstance(value, list | tuple) else str(value)
+            args += [flag, text]
+        process = WorkerProcess(self.workdir, args)
+        self.processes.append(process)
+        process.wait_ready()
+        return process
+
+    # -- looking at the broker --------------------------------------------------------------
+    def queue_length(self, name: str = "celery") -> int:
+        """Messages ready in ``name`` (not those held by a consumer)."""
+        with self.app.connection() as conn:
+            return conn.transport.queue_length(name)
+
+    def fetch(self, queue: str, count: int = 1, timeout: float = 5.0) -> list[Message]:
+        """Take ``count`` messages from ``queue`` (acked), waiting up to ``timeout``."""
+        got: list[Message] = []
+        with self.app.connection() as conn:
+            consumer = Consumer(conn, Queue(queue), prefetch_count=0, accept=["json"])
+            consumer.consume()
+            deadline = time.monotonic() + timeout
+            while len(got) < count and time.monotonic() < deadline:
+                batch = consumer.fetch(count - len(got))
+                if not batch:
+                    conn.transport.wait(0.05)
+                got.extend(batch)
+            for message in got:
+                message.ack()
+        return got
+
+    def messages_in_broker(self, queue: str = "celery") -> int:
+        """Rows of ``queue`` in the SQLite broker file: ready and leased (unacked) alike."""
+        with closing(sqlite3.connect(self.workdir / "t.db")) as db:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM messages WHERE queue = ?", (queue,)
+            ).fetchone()
+        return int(count)
+
+    def records(self, name: str) -> list[Any]:
+        """What tasks recorded under ``name`` (see ``e2e_tasks.record``), in order."""
+        return runs(self.workdir, name)
+
+    def open_gate(self, name: str) -> None:
+        (self.workdir / f"{name}.gate").touch()
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.close()
+        self.app.close()
