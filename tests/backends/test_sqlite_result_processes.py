@@ -18,6 +18,7 @@ from celeriac.backends import backend_from_url
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.exceptions import BrokerFileError
 from celeriac.messaging import Connection, Queue
+from celeriac.transports.wakeup import wake_directory
 
 Spawn = Callable[..., subprocess.Popen[str]]
 
@@ -137,6 +138,6 @@ def test_a_file_of_another_application_is_refused(tmp_path: Path) -> None:
 def test_result_waiters_listen_apart_from_broker_consumers(url: str) -> None:
     with backend_from_url(url) as backend:
         assert isinstance(backend, SQLiteBackend)
-        with backend._channel() as channel, Connection(url) as conn:
-            conn.transport.wait(0)  # Binds the broker session's own wake socket.
-            assert channel.directory != conn.transport._wake.directory
+        with backend._channel() as channel:
+            assert channel.directory == wake_directory(backend.path + "#results")
+            assert channel.directory != wake_directory(backend.path)  # The broker's.

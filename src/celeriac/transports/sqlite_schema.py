@@ -20,8 +20,9 @@ What lives where:
 - ``results``: the result backend's key-value store, Celery's keys
   (``celery-task-meta-<id>``, ``celery-taskset-meta-<id>``) to the serialized meta, with its
   ``status`` alongside (so a stored SUCCESS is never overwritten) and an expiry time.
-- ``result_history``: every state a task reported, in order (``seq``), so a client waiting
-  with ``on_message`` sees each one even when several arrive between two of its reads.
+- ``result_history``: every value a key had before its current one, by ``seq``, so a client
+  waiting with ``on_message`` sees each state even when several arrive between two of its
+  reads (a result stored once costs a single INSERT: its history stays empty).
 
 The partial index ``messages_ready`` keeps fetch cost independent of queue depth: the next
 messages of a queue are found by walking the index, priority first, then arrival order.
