@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +17,8 @@ from celeriac.exceptions import BrokerFileError
 from celeriac.messaging import Connection, Queue
 from celeriac.transports.wakeup import wake_directory
 
+# The `spawn` fixture lives in tests/conftest.py.
 Spawn = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Run code in fresh interpreters (stdin and stdout piped); reaped afterwards."""
-    children: list[subprocess.Popen[str]] = []
-
-    def start(code: str, *args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        child = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-        for stream in (child.stdin, child.stdout):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,32 +22,8 @@ def url_for(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+# The `spawn` fixture lives in tests/conftest.py.
 Spawn = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Run code in fresh interpreters (stdout piped for readiness lines); reaped afterwards."""
-    children: list[subprocess.Popen[str]] = []
-
-    def start(code: str, *args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        child = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code), *args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 def fetch_all(conn: Connection, queue: Queue, count: int, timeout: float = 10.0) -> list:
