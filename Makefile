@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint types unit demo bench clean
+.PHONY: install test lint types unit demo bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/messaging.py
+	$(BIN)/python benchmarks/tasks.py
+
+# The peers that benchmarks/tasks.py runs beside celeriac (Celery on SQLAlchemy/SQLite,
+# Huey). Benchmark-only: not dev dependencies, never installed by CI.
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install -q 'celery[sqlalchemy]>=5.3' 'huey>=2.5'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -216,7 +216,7 @@ class TaskConsumer:
         if not request.acks_late:
             self._acks.append(request.message)
         future = self.pool.submit(request.job)
-        future.add_done_callback(lambda f: self._spawn(self._finished(request, f.result())))
+        future.add_done_callback(lambda f: self._finished(request, f.result()))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -224,26 +224,54 @@ class TaskConsumer:
         task.add_done_callback(self._tasks.discard)
 
     # -- finishing ------------------------------------------------------------------------
-    async def _finished(self, request: Request, outcome: Outcome) -> None:
+    def _finished(self, request: Request, outcome: Outcome) -> None:
+        """Settle a finished task; runs as the pool's callback, on the loop, without I/O.
+
+        Acks and requeues are batched and sent by the fetch loop; only a failure the tracer
+        could not store (a killed process, a time limit) needs a coroutine.
+        """
         try:
-            await self._settle(request, outcome)
+            if self._must_record(request, outcome):
+                self._spawn(self._record_then_settle(request, outcome))
+                return
+            self._settle(request, outcome)
+            self._log(request, outcome)
+        except Exception:
+            logger.exception("Settling task %s[%s] failed", request.name, request.id)
+        self._done()
+
+    def _done(self) -> None:
+        self.in_flight -= 1
+        self.processed += 1
+        self._changed.set()
+
+    def _must_record(self, request: Request, outcome: Outcome) -> bool:
+        if outcome.state != states.FAILURE or outcome.recorded:
+            return False
+        if outcome.worker_lost and request.acks_late:
+            # A cold shutdown leaves the message for redelivery; reject_on_worker_lost
+            # requeues it: either way the task will run again and nothing is recorded.
+            return not (self.terminating or request.reject_on_worker_lost)
+        return True
+
+    async def _record_then_settle(self, request: Request, outcome: Outcome) -> None:
+        try:
+            await self._record_failure(request, outcome)
+            self._settle(request, outcome)
             self._log(request, outcome)
         except Exception:
             logger.exception("Settling task %s[%s] failed", request.name, request.id)
         finally:
-            self.in_flight -= 1
-            self.processed += 1
-            self._changed.set()
+            self._done()
 
-    async def _settle(self, request: Request, outcome: Outcome) -> None:
+    def _settle(self, request: Request, outcome: Outcome) -> None:
         message = request.message
-        if outcome.state == states.FAILURE and not outcome.recorded:
-            if outcome.worker_lost and request.acks_late and self.terminating:
+        if outcome.worker_lost and request.acks_late:
+            if self.terminating:
                 return  # Stopped by a cold shutdown: left unacked, the broker redelivers it.
-            if outcome.worker_lost and request.acks_late and request.reject_on_worker_lost:
+            if request.reject_on_worker_lost:
                 self._requeues.append(message)
                 return
-            await self._record_failure(request, outcome)
         if outcome.state == states.REJECTED:
             # Without acks_late the message was acked when the task started (as in
             # Celery): there is nothing left to reject.
@@ -252,8 +280,6 @@ class TaskConsumer:
             return
         if request.acks_late:
             self._acks.append(message)
-        if len(self._acks) >= self.prefetch or self.in_flight <= 1:
-            await self.flush()
 
     async def _record_failure(self, request: Request, outcome: Outcome) -> None:
         """Store a failure the tracer could not (its process was killed, a time limit)."""

@@ -1,0 +1,24 @@
+"""The Celery app: kombu's SQLAlchemy transport and the database result backend on SQLite."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from peers import tally
+
+path = os.environ.get("BENCH_DB", "bench.db")
+app = Celery("bench", broker=f"sqla+sqlite:///{path}", backend=f"db+sqlite:///{path}")
+app.conf.broker_connection_retry_on_startup = True
+app.conf.worker_hijack_root_logger = False
+
+
+@app.task(ignore_result=True)
+def noop() -> None:
+    tally.hit()
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y

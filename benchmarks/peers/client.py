@@ -1,0 +1,63 @@
+"""The client side of one benchmark step, run in its own process by ``tasks.py``.
+
+``python -m peers.client FRAMEWORK publish N`` sends N no-op tasks (one ``delay()`` per
+task, one thread) after one warm-up send, and prints ``{"rate": tasks_per_second}``.
+
+``python -m peers.client FRAMEWORK roundtrip N`` makes N ``add(1, 1)`` calls each waiting
+for its result (after one warm-up call), and prints ``{"latencies": [seconds, ...]}``.
+
+A fresh process per step: each framework reads ``BENCH_DB`` when its module is imported,
+and a framework never shares a process with another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+TIMEOUT = 30.0
+
+
+def _celeriac(module: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return module.noop.delay, lambda: module.add.delay(1, 1).get(timeout=TIMEOUT)
+
+
+def _celery(module: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return module.noop.delay, lambda: module.add.delay(1, 1).get(timeout=TIMEOUT)
+
+
+def _huey(module: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    return module.noop, lambda: module.add(1, 1).get(blocking=True, timeout=TIMEOUT)
+
+
+CALLS = {"celeriac": _celeriac, "celery": _celery, "huey": _huey}
+
+
+def main(framework: str, action: str, count: int) -> dict[str, Any]:
+    module = importlib.import_module(f"peers.{framework}_app")
+    send, call = CALLS[framework](module)
+    if action == "publish":
+        call_warm_up = module.add.delay if framework != "huey" else module.add
+        call_warm_up(0, 0)  # connects, creates tables; not counted, not a no-op task
+        started = time.perf_counter()
+        for _ in range(count):
+            send()
+        return {"rate": count / (time.perf_counter() - started)}
+    if action == "roundtrip":
+        expected = call()  # warm-up: connections, tables, the worker's first task
+        assert expected == 2, expected
+        latencies = []
+        for _ in range(count):
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+        return {"latencies": latencies}
+    raise SystemExit(f"unknown action {action!r}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]))), flush=True)
