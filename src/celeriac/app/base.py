@@ -37,6 +37,7 @@ from celeriac.canvas import signatures
 from celeriac.messaging.connection import Connection
 from celeriac.messaging.entities import Queue
 from celeriac.messaging.pools import ConnectionPool, ProducerPool
+from celeriac.messaging.retry import RetryPolicy
 from celeriac.result import AsyncResult as Result
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class Celery:
         self._producers: ProducerPool | None = None
         self._backend: ResultBackend | None = None
         self._router: Router | None = None
+        self._retry_policy: tuple[dict[str, Any], RetryPolicy] | None = None
         state.register_app(self)
         if set_as_current:
             state.set_current_app(self)
@@ -400,11 +402,22 @@ class Celery:
             reply_to=message.reply_to,
         )
 
-    def _retry_args(self, options: dict[str, Any]) -> tuple[bool, Any]:
+    def _retry_args(self, options: dict[str, Any]) -> tuple[bool, RetryPolicy]:
         retry = options.get("retry")
         if retry is None:
             retry = self.conf.task_publish_retry
-        return bool(retry), options.get("retry_policy") or self.conf.task_publish_retry_policy
+        policy = options.get("retry_policy")
+        if policy is None:
+            # Parsed once per configured value, not once per message.
+            configured = self.conf.task_publish_retry_policy
+            cached = self._retry_policy
+            if cached is None or cached[0] != configured:
+                cached = self._retry_policy = (
+                    dict(configured),
+                    RetryPolicy.from_mapping(configured),
+                )
+            return bool(retry), cached[1]
+        return bool(retry), RetryPolicy.from_mapping(policy)
 
     def send_task(
         self,

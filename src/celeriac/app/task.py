@@ -136,6 +136,7 @@ class Task(Generic[P, R]):
             self.__wrapped__ = fun
             self.__module__ = fun.__module__
         self._signature: inspect.Signature | None = None
+        self._positional = -1
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -197,6 +198,9 @@ class Task(Generic[P, R]):
                 params = list(signature.parameters.values())[1:]
                 signature = signature.replace(parameters=params)
             self._signature = signature
+            self._positional = _plain_positional_count(signature)
+        if not kwargs and len(args) == self._positional:
+            return  # the common call, f(a, b) for def f(a, b): nothing to check
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -413,6 +417,20 @@ class Task(Generic[P, R]):
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Called in the worker after the task returned, whatever the outcome."""
+
+
+def _plain_positional_count(signature: inspect.Signature) -> int:
+    """How many arguments a purely positional call takes, or -1 when that is not simple."""
+    count = 0
+    for param in signature.parameters.values():
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            return (
+                -1 if param.default is param.empty and param.kind is param.KEYWORD_ONLY else count
+            )
+        if param.default is not param.empty:
+            return -1
+        count += 1
+    return count
 
 
 def _as_list(value: Any) -> list[Any] | None:

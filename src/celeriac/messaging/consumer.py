@@ -147,14 +147,24 @@ class Consumer:
             transport.ack(self._mark_auto_acked(messages))
         return messages
 
-    async def afetch(self, limit: int | None = None) -> list[Message]:
-        """``fetch`` for asyncio code: the broker calls run off the event loop."""
+    async def afetch(self, limit: int | None = None, ack: Sequence[Message] = ()) -> list[Message]:
+        """``fetch`` for asyncio code: the broker calls run off the event loop.
+
+        ``ack`` messages are acked in the same broker call (one round trip for both).
+        """
         count = self._request(limit)
         if count <= 0:
+            await self.asettle_many(ack)
             return []
+        pending = [m for m in ack if not m.acknowledged]
         conn = self.connection
         names = [q.name for q in self.queues]
-        messages = self._wrap(await conn.arun(conn.transport.fetch, names, count))
+        tags = [m.delivery_tag for m in pending]
+        deliveries = await conn.arun(conn.transport.fetch, names, count, tags)
+        for message in pending:
+            if not message.acknowledged:
+                message.mark_settled("ACK")
+        messages = self._wrap(deliveries)
         if self.no_ack and messages:
             await conn.arun(conn.transport.ack, self._mark_auto_acked(messages))
         return messages

@@ -180,8 +180,13 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """Take up to ``limit`` ready messages from ``queues``, leased to this session."""
+    def fetch(self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()) -> list[Delivery]:
+        """Take up to ``limit`` ready messages from ``queues``, leased to this session.
+
+        ``ack`` settles earlier deliveries first, in the same transaction where the broker
+        has them: a consumer that acks what it finished while asking for more pays one
+        round trip, not two.
+        """
 
     @abstractmethod
     def ack(self, delivery_tags: Sequence[int]) -> None:

@@ -257,10 +257,12 @@ class MemoryTransport(Transport):
         for name in queues:
             self._put_locked(name, envelope, exchange, routing_key, now)
 
-    def fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+    def fetch(self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()) -> list[Delivery]:
         out: list[Delivery] = []
         now = time.time()
         with self._broker.cond:
+            for tag in ack:
+                self._unacked.pop(tag, None)
             self._sweep_locked(now)
             self._seen_generation = self._broker.generation
             start = self._rotation % max(len(queues), 1)

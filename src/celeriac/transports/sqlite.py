@@ -79,12 +79,24 @@ def _chunks(ids: Sequence[int]) -> Iterator[tuple[str, Sequence[int]]]:
         yield ",".join("?" * len(part)), part
 
 
+# Headers are nearly always plain JSON (Celery's are): encode them with the stdlib's C
+# encoder, and fall back to the extended-type serializer only when that fails.
+_PLAIN_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encode_meta(envelope: Envelope) -> str:
-    return serialization.dumps([dict(envelope.headers), envelope.properties.to_dict()])[2].decode()
+    data = [dict(envelope.headers), envelope.properties.to_dict()]
+    try:
+        return _PLAIN_JSON.encode(data)
+    except TypeError:
+        return serialization.dumps(data)[2].decode()
 
 
 def _decode_meta(meta: str, body: bytes) -> Envelope:
-    headers, properties = serialization.loads(meta.encode(), "application/json", "utf-8")
+    if '"__type__"' in meta:  # extended types (datetime, bytes...) were encoded
+        headers, properties = serialization.loads(meta.encode(), "application/json", "utf-8")
+    else:
+        headers, properties = json.loads(meta)
     return Envelope(body, headers, Properties.from_dict(properties))
 
 
@@ -430,7 +442,7 @@ class SQLiteTransport(Transport):
             conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)
 
     # -- consuming ------------------------------------------------------------------------
-    def fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+    def fetch(self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()) -> list[Delivery]:
         session = self._session_id()
         self._wake.listen()  # Bound before looking, so no later publish goes unnoticed.
         now = time.time()
@@ -439,6 +451,8 @@ class SQLiteTransport(Transport):
         order = [*queues[start:], *queues[:start]]
 
         def work(conn: Connection) -> tuple[list[Delivery], bool]:
+            if ack:
+                self._warn_if_lost(len(ack), self._delete_acked(conn, session, ack))
             returned = now >= self._next_reclaim and self._reclaim(conn, now)
             topo = self._fresh_topology(conn)
             if now >= self._next_expiry:
@@ -509,22 +523,26 @@ class SQLiteTransport(Transport):
         if not delivery_tags:
             return
         session = self._session_id()
+        gone = self._db.write(lambda conn: self._delete_acked(conn, session, delivery_tags))
+        self._warn_if_lost(len(delivery_tags), gone)
 
-        def work(conn: Connection) -> int:
-            gone = 0
-            for marks, chunk in _chunks(delivery_tags):
-                cur = conn.execute(
-                    f"DELETE FROM messages WHERE owner = ? AND id IN ({marks})", (session, *chunk)
-                )
-                gone += cur.rowcount
-            return gone
+    @staticmethod
+    def _delete_acked(conn: Connection, session: str, tags: Sequence[int]) -> int:
+        gone = 0
+        for marks, chunk in _chunks(tags):
+            cur = conn.execute(
+                f"DELETE FROM messages WHERE owner = ? AND id IN ({marks})", (session, *chunk)
+            )
+            gone += cur.rowcount
+        return gone
 
-        gone = self._db.write(work)
-        if gone != len(delivery_tags):
+    @staticmethod
+    def _warn_if_lost(acked: int, gone: int) -> None:
+        if gone != acked:
             logger.warning(
                 "%d acked message(s) were no longer leased to this session (their lease "
                 "expired); they will be delivered again",
-                len(delivery_tags) - gone,
+                acked - gone,
             )
 
     def reject(self, delivery_tags: Sequence[int], requeue: bool) -> None:

@@ -20,7 +20,11 @@ import os
 import select
 import socket
 import tempfile
+import time
 import uuid
+
+#: Seconds a publisher trusts its list of waiting sessions.
+PEERS_TTL = 0.05
 
 
 def wake_directory(broker_path: str) -> str:
@@ -42,6 +46,7 @@ class WakeChannel:
         self._path: str | None = None
         self._peers: list[str] = []
         self._peers_mtime = -1
+        self._peers_checked = -PEERS_TTL
         self._sender: socket.socket | None = None
 
     # -- listening ------------------------------------------------------------------------
@@ -91,10 +96,18 @@ class WakeChannel:
 
     # -- waking ---------------------------------------------------------------------------
     def _current_peers(self) -> list[str]:
+        # The listing is re-checked at most every PEERS_TTL: a session that starts waiting
+        # in between looks at the broker after binding, so it misses nothing; at worst a
+        # wake-up of it is late by one wait period.
+        now = time.monotonic()
+        if now < self._peers_checked + PEERS_TTL:
+            return self._peers
+        self._peers_checked = now
         try:
             mtime = os.stat(self.directory).st_mtime_ns
         except FileNotFoundError:
-            return []
+            self._peers = []
+            return self._peers
         if mtime != self._peers_mtime:
             self._peers = [entry.path for entry in os.scandir(self.directory)]
             self._peers_mtime = mtime
@@ -137,5 +150,7 @@ class WakeChannel:
         if self._path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.directory)  # only succeeds once no other session waits here
         self._sock = self._sender = None
         self._path = None

@@ -102,17 +102,24 @@ class TaskConsumer:
 
     async def _step(self) -> None:
         room = self.prefetch - self.in_flight
-        messages = await self.consumer.afetch(room) if room > 0 else []
+        # Refill at a low-water mark, not slot by slot: a fetch costs a broker round trip
+        # whatever its size, so batches should be large.
+        refill = room > 0 and (room * 2 >= self.prefetch or self.in_flight == 0)
+        messages: list[Message] = []
+        if refill:
+            acks, self._acks = self._acks, []
+            messages = await self.consumer.afetch(room, ack=acks)
         for message in messages:
             self._receive(message)
-        await self.flush()
+        # Acks wait for the next fetch to ride along, unless this step fetched.
+        await self.flush(acks=refill)
         if messages:
             return
         self._changed.clear()
         if self._stopping:  # a stop that came while fetching must not wait a period
             return
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
-        if room > 0:
+        if refill:
             transport = self.connection.transport
             waiters.append(asyncio.ensure_future(transport.await_ready(IDLE_WAIT)))
         _done, pending = await asyncio.wait(
@@ -127,16 +134,18 @@ class TaskConsumer:
         self._stopping = True
         self._changed.set()
 
-    async def flush(self) -> None:
-        """Send the pending batched acks and requeues."""
+    async def flush(self, acks: bool = True) -> None:
+        """Send the pending batched settlements (acks too unless ``acks`` is False)."""
         if self._defers:
             defers, self._defers = self._defers, []
             await self.consumer.adefer_many(defers)
-        if self._acks or self._requeues or self._rejects:
-            acks, self._acks = self._acks, []
+        if (acks and self._acks) or self._requeues or self._rejects:
+            pending_acks: list[Message] = []
+            if acks:
+                pending_acks, self._acks = self._acks, []
             requeues, self._requeues = self._requeues, []
             rejects, self._rejects = self._rejects, []
-            await self.consumer.asettle_many(acks, requeues, rejects)
+            await self.consumer.asettle_many(pending_acks, requeues, rejects)
 
     async def shutdown(self) -> None:
         """Return held (ETA and rate-limited) tasks to the broker and close the connection."""
