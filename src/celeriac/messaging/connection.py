@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from celeriac.messaging.entities import Exchange, Queue
 from celeriac.transports import resolve_transport
-from celeriac.transports.base import Transport
+from celeriac.transports.base import Transport, WouldBlock
 from celeriac.utils.url import mask_password
 
 if TYPE_CHECKING:
@@ -212,6 +212,20 @@ class Connection:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="celeriac-io")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def arun_quick(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``arun`` for short transport calls: inline when the transport says it will not
+        wait (an uncontended SQLite file), on the I/O thread otherwise.
+
+        Only for the transport's own methods: the transport decides what "would wait" is.
+        """
+        transport = self._transport
+        if transport is not None and self.transport_cls.capabilities.blocking_io:
+            try:
+                return transport.call_nowait(functools.partial(fn, *args, **kwargs))
+            except WouldBlock:
+                pass
+        return await self.arun(fn, *args, **kwargs)
 
     # -- draining -------------------------------------------------------------------------
     def _active_consumers(self) -> list[ConsumerT]:

@@ -160,7 +160,7 @@ class Consumer:
         conn = self.connection
         names = [q.name for q in self.queues]
         tags = [m.delivery_tag for m in pending]
-        deliveries = await conn.arun(conn.transport.fetch, names, count, tags)
+        deliveries = await conn.arun_quick(conn.transport.fetch, names, count, tags)
         for message in pending:
             if not message.acknowledged:
                 message.mark_settled("ACK")
@@ -191,9 +191,9 @@ class Consumer:
                 continue
             tags = [m.delivery_tag for m in pending]
             if state == "ACK":
-                await conn.arun(conn.transport.ack, tags)
+                await conn.arun_quick(conn.transport.ack, tags)
             else:
-                await conn.arun(conn.transport.reject, tags, state == "REQUEUED")
+                await conn.arun_quick(conn.transport.reject, tags, state == "REQUEUED")
             for message in pending:
                 if not message.acknowledged:
                     message.mark_settled(state)

@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from celeriac.messaging.entities import Binding, Exchange, Queue
+
+T = TypeVar("T")
+
+
+class WouldBlock(Exception):
+    """Raised by ``Transport.call_nowait`` when the call would have to wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +214,14 @@ class Transport(ABC):
     @abstractmethod
     def wait(self, timeout: float) -> None:
         """Block until a message may have become ready, or ``timeout`` seconds passed."""
+
+    def call_nowait(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` here only if it will not wait on the broker; else WouldBlock.
+
+        Lets the asyncio face skip the I/O thread for quick calls. The default never runs
+        inline; a transport that can tell (SQLite: the file's write lock is free) overrides.
+        """
+        raise WouldBlock
 
     async def await_ready(self, timeout: float) -> None:
         """Asynchronous ``wait``; the default parks a worker thread in ``wait``."""

@@ -32,9 +32,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from celeriac.exceptions import NotFound, OperationalError
 from celeriac.messaging import serialization
@@ -53,6 +53,7 @@ from celeriac.transports.virtual import DeathReason, QueuePolicy
 from celeriac.transports.wakeup import WakeChannel
 
 Connection = Any  # sqlite3.Connection; aliased to keep signatures short
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()
 RECLAIM_INTERVAL = 1.0
@@ -140,9 +141,10 @@ class SQLiteTransport(Transport):
         """This session's id, registered (with a heartbeat thread) on first use."""
         if self._session is None or self._session_pid != os.getpid():
             session = uuid.uuid4().hex
+            # Registered before it is used: a session that owns leases is always listed.
+            self._db.write(lambda c: self._register(c, session))
             self._session, self._session_pid = session, os.getpid()
             self._wake = WakeChannel(self.path)
-            self._db.write(lambda c: self._register(c, session))
             self._heartbeat_stop = threading.Event()
             threading.Thread(
                 target=self._beat,
@@ -583,6 +585,10 @@ class SQLiteTransport(Transport):
                 [(DEFERRED, until, session, tag) for tag, until in deferrals],
             )
         )
+
+    def call_nowait(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._db.nowait():
+            return fn(*args)
 
     def wait(self, timeout: float) -> None:
         self._wake.wait(timeout)

@@ -16,10 +16,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from celeriac.exceptions import BrokerFileError, ImproperlyConfigured, OperationalError
+from celeriac.transports.base import WouldBlock
 from celeriac.transports.sqlite_schema import INDEXES, SCHEMA, SCHEMA_VERSION, TABLES
 
 T = TypeVar("T")
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a transaction keeps retrying a locked database before giving up.
 DEFAULT_LOCK_TIMEOUT = 300.0
+#: SQLite's own wait for a lock, within each of our attempts.
+BUSY_TIMEOUT_MS = 1000
 
 
 def path_from_url(url: str) -> str:
@@ -135,13 +139,25 @@ class Database:
                 f"The file {self.path} is an SQLite database of another application "
                 f"(it has {foreign}); celeriac will not write to it. Use another file."
             )
-        conn.execute("PRAGMA busy_timeout = 1000")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if version < SCHEMA_VERSION:
             self.write(_create_schema, conn)
         # WAL lets readers and the writer run together; NORMAL syncs at checkpoints, which
         # keeps every commit safe from a process crash (not from power loss).
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+
+    @contextmanager
+    def nowait(self) -> Iterator[None]:
+        """Within: a write that would wait for the file's lock raises WouldBlock instead."""
+        conn = self.connection()
+        self._local.nowait = True
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            self._local.nowait = False
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def write(
         self, work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection | None = None
@@ -161,6 +177,8 @@ class Database:
             except sqlite3.OperationalError as exc:
                 if not _is_locked(exc):
                     raise translate(exc, self.path) from exc
+                if getattr(self._local, "nowait", False):
+                    raise WouldBlock from exc
                 if time.monotonic() > deadline:
                     raise OperationalError(
                         f"The broker file {self.path} stayed locked for "
