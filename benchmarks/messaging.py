@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from results import write_section
+
 from celeriac.messaging import Connection, Queue
 
 BODY = [[2, 2], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def rate(count: int, run: Callable[[], None]) -> float:
@@ -141,16 +142,7 @@ def main() -> None:
     report = "\n".join([header, "", *lines, "", *depth_lines, ""])
     print(report)
     if args.write:
-        text = RESULTS.read_text() if RESULTS.exists() else ""
-        marker = "<!-- messaging -->"
-        section = f"{marker}\n## Messaging (`benchmarks/messaging.py`)\n\n{report}{marker}"
-        if marker in text:
-            before, _, rest = text.partition(marker)
-            _, _, after = rest.partition(marker)
-            text = before + section + after
-        else:
-            text = text + ("\n" if text else "# Benchmark results\n\n") + section + "\n"
-        RESULTS.write_text(text)
+        write_section("messaging", "Messaging (`benchmarks/messaging.py`)", report)
 
 
 if __name__ == "__main__":

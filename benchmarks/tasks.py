@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from results import write_section
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 BIN = Path(sys.executable).parent
-MARKER = "<!-- tasks -->"
 #: DESIGN.md's targets for the embedded SQLite broker, drain and publish (tasks/s).
 TARGET = 10_000
 
@@ -503,15 +503,7 @@ def celeriac_revision() -> str:
 
 def write_results(report: str) -> None:
     """Replace the marked tasks section of RESULTS.md (appended when missing)."""
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    section = f"{MARKER}\n## Tasks (`benchmarks/tasks.py`)\n\n{report}{MARKER}"
-    if MARKER in text:
-        before, _, rest = text.partition(MARKER)
-        _, _, after = rest.partition(MARKER)
-        text = before + section + after
-    else:
-        text = text + ("\n" if text else "# Benchmark results\n\n") + section + "\n"
-    RESULTS.write_text(text)
+    write_section("tasks", "Tasks (`benchmarks/tasks.py`)", report)
 
 
 if __name__ == "__main__":
