@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar, cast
 
@@ -486,6 +486,3 @@ def _retry_options(
     }
     merged.update(options)
     return {k: v for k, v in merged.items() if v is not None}
-
-
-AsyncFunction = Callable[..., Awaitable[Any]]

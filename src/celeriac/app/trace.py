@@ -47,7 +47,7 @@ def backoff_countdown(task: Task[Any, Any], retries: int) -> float:
     return countdown
 
 
-def _with_autoretry(task: Task[Any, Any], call: Callable[[], Any], exc: BaseException) -> Any:
+def _with_autoretry(task: Task[Any, Any], exc: BaseException) -> Any:
     """Turn an ``autoretry_for`` exception into ``task.retry`` (raises Retry or the error)."""
     options = dict(task.retry_kwargs)
     if task.retry_backoff and "countdown" not in options:
@@ -153,7 +153,7 @@ class Tracer:
             return task.run(*job.args, **job.kwargs)
         except BaseException as exc:
             if _wants_autoretry(task, exc):
-                return _with_autoretry(task, lambda: None, exc)
+                return _with_autoretry(task, exc)
             raise
 
     def _stores(self, task: Task[Any, Any], request: Context) -> bool:
