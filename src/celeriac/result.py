@@ -97,11 +97,11 @@ class AsyncResult(Generic[R]):
 
     @property
     def result(self) -> Any:
-        """The return value, the exception (failed states) or the custom state's meta."""
-        meta = self._meta()
-        if meta.get("status") in states.EXCEPTION_STATES:
-            return self.backend.exception_to_python(meta.get("result"))
-        return meta.get("result")
+        """The return value, the exception (failed states) or the custom state's meta.
+
+        The backend rebuilds stored exceptions when it reads the meta.
+        """
+        return self._meta().get("result")
 
     info = result
 
@@ -162,18 +162,14 @@ class AsyncResult(Generic[R]):
     # -- waiting --------------------------------------------------------------------------
     def _outcome(self, meta: Meta, propagate: bool) -> R:
         status = meta.get("status")
+        value = meta.get("result")  # an exception already, for failed states
         if status in states.PROPAGATE_STATES and propagate:
-            error = self.backend.exception_to_python(meta.get("result"))
-            if error is None:
-                error = (
-                    TaskRevokedError(f"task {self.id} was revoked")
-                    if status == states.REVOKED
-                    else TaskError(f"task {self.id} ended in {status} with no exception stored")
-                )
-            raise error
-        if status in states.EXCEPTION_STATES:
-            return cast(R, self.backend.exception_to_python(meta.get("result")))
-        return cast(R, meta.get("result"))
+            if isinstance(value, BaseException):
+                raise value
+            if status == states.REVOKED:
+                raise TaskRevokedError(f"task {self.id} was revoked")
+            raise TaskError(f"task {self.id} ended in {status} with no exception stored")
+        return cast(R, value)
 
     def get(
         self,

@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from celeriac import exceptions, signals, states
+from celeriac import signals, states
 from celeriac.exceptions import WorkerLostError
 from celeriac.messaging.consumer import Consumer
 from celeriac.messaging.entities import Queue
 from celeriac.transports.base import Envelope, Outgoing
+from celeriac.utils.exceptions import exception_to_python
 from celeriac.worker.job import ExceptionInfo, Outcome
 from celeriac.worker.ratelimit import RateLimits
 from celeriac.worker.request import BadMessage, Request, read_request
@@ -369,11 +370,10 @@ def _describe(outcome: Outcome) -> str:
 
 
 def _rebuild(info: ExceptionInfo) -> BaseException:
-    """The exception a pool reported: carried as is, one of ours by name, or described."""
+    """The exception a pool reported: carried as is, or rebuilt as a stored one would be."""
     if info.exception is not None:
         return info.exception
-    if info.module == "celeriac.exceptions":
-        cls = getattr(exceptions, info.type, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            return cls(*info.args)
-    return exceptions.RemoteError(info.type, info.module, tuple(info.args))
+    stored = {"exc_type": info.type, "exc_module": info.module, "exc_message": list(info.args)}
+    rebuilt = exception_to_python(stored)
+    assert rebuilt is not None  # a dict naming a type always rebuilds to something
+    return rebuilt
