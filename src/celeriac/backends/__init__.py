@@ -31,12 +31,15 @@ BackendEntry = PluginEntry
 BACKENDS: dict[str, PluginEntry] = {
     "memory": PluginEntry("celeriac.backends.memory:MemoryBackend"),
     "sqlite": PluginEntry("celeriac.backends.sqlite:SQLiteBackend"),
+    "redis": PluginEntry("celeriac.backends.redis:RedisBackend", "redis"),
+    "rpc": PluginEntry("celeriac.backends.rpc:RPCBackend"),
 }
 
 #: Other names of the same backends, Celery's among them.
 ALIASES: dict[str, str] = {
     "cache+memory": "memory",
     "db+sqlite": "sqlite",
+    "rediss": "redis",
 }
 
 _registry: PluginRegistry[ResultBackend] = PluginRegistry(

@@ -17,11 +17,16 @@ TransportEntry = PluginEntry
 TRANSPORTS: dict[str, PluginEntry] = {
     "memory": PluginEntry("celeriac.transports.memory:MemoryTransport"),
     "sqlite": PluginEntry("celeriac.transports.sqlite:SQLiteTransport"),
+    "redis": PluginEntry("celeriac.transports.redis:RedisTransport", "redis"),
+    "amqp": PluginEntry("celeriac.transports.amqp:AMQPTransport", "amqp"),
 }
 
 ALIASES: dict[str, str] = {
     "sqlite3": "sqlite",
     "sqla+sqlite": "sqlite",
+    "rediss": "redis",
+    "pyamqp": "amqp",
+    "amqps": "amqp",
 }
 
 _registry: PluginRegistry[Transport] = PluginRegistry(
