@@ -41,6 +41,9 @@ logger = logging.getLogger("celeriac.worker")
 
 #: Longest idle wait before looking at the broker again.
 IDLE_WAIT = 1.0
+#: First and longest pause before fetching again after the broker connection failed.
+RECONNECT_FIRST_PAUSE = 0.1
+RECONNECT_MAX_PAUSE = 2.0
 #: ETA tasks returned to the broker come back this many seconds before they are due.
 ETA_MARGIN = 2.0
 
@@ -92,14 +95,35 @@ class TaskConsumer:
         await self.connection.arun(self.consumer.consume)
 
     async def run(self) -> None:
-        """Fetch and dispatch until ``stop`` is called."""
+        """Fetch and dispatch until ``stop`` is called.
+
+        A lost broker connection is not fatal: the worker says so once, tries again with a
+        growing pause (at most ``RECONNECT_MAX_PAUSE``, so it resumes within seconds of the
+        broker coming back) and says when it is consuming again.
+        """
+        recoverable = self.connection.transport_cls.recoverable_errors
+        pause = 0.0
         while not self._stopping:
             try:
                 await self._step()
+            except recoverable as exc:
+                if not pause:
+                    logger.warning(
+                        "Lost the broker connection (%s: %s); trying again",
+                        type(exc).__name__,
+                        exc,
+                    )
+                pause = min(max(pause * 2, RECONNECT_FIRST_PAUSE), RECONNECT_MAX_PAUSE)
+                await asyncio.sleep(pause)
+                continue
             except Exception:
                 # A bug here must not stop the worker from fetching: log and go on.
                 logger.exception("Error in the worker's fetch loop; continuing")
                 await asyncio.sleep(IDLE_WAIT)
+                continue
+            if pause:
+                logger.warning("Consuming again after the broker connection came back")
+                pause = 0.0
 
     async def _step(self) -> None:
         room = self.prefetch - self.in_flight
@@ -109,7 +133,11 @@ class TaskConsumer:
         messages: list[Message] = []
         if refill:
             acks, self._acks = self._acks, []
-            messages = await self.consumer.afetch(room, ack=acks)
+            try:
+                messages = await self.consumer.afetch(room, ack=acks)
+            except BaseException:
+                self._acks[:0] = acks  # not settled: they ride on the next attempt
+                raise
         for message in messages:
             self._receive(message)
         # Acks wait for the next fetch to ride along, unless this step fetched.
