@@ -35,9 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tasks.py
 
 # The peers that benchmarks/tasks.py runs beside celeriac (Celery on SQLAlchemy/SQLite,
+# Redis and RabbitMQ; Dramatiq on Redis and RabbitMQ;
 # Huey). Benchmark-only: not dev dependencies, never installed by CI.
 bench-deps: $(STAMP)
-	$(BIN)/python -m pip install -q 'celery[sqlalchemy]>=5.3' 'huey>=2.5'
+	$(BIN)/python -m pip install -q 'celery[sqlalchemy,redis]>=5.3' 'huey>=2.5' \
+		'dramatiq[rabbitmq,redis]>=1.17'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,10 @@
-"""Task benchmark: publish, drain and round trip on SQLite, celeriac beside Celery and Huey.
+"""Task benchmark: publish, drain and round trip, celeriac beside Celery, Huey and Dramatiq.
+
+``--broker sqlite`` (the default) runs celeriac, Celery and Huey on SQLite; ``--broker redis``
+and ``--broker amqp`` run celeriac, Celery and Dramatiq on the local Redis or RabbitMQ with
+results on Redis, each run on a fresh queue (deleted afterwards). On those brokers celeriac
+also gets a batch publish (one ``group(...).apply_async()``) and, on RabbitMQ, a publish
+with publisher confirms on.
 
 Run with ``make bench`` (peers installed by ``make bench-deps``) or ``python
 benchmarks/tasks.py --help``. Prints a Markdown table; ``--write`` also records it in
@@ -51,6 +57,19 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 #: DESIGN.md's targets for the embedded SQLite broker, drain and publish (tasks/s).
 TARGET = 10_000
+#: DESIGN.md's targets on RabbitMQ and Redis: drain multiples of the peers' best, publish
+#: multiple of Dramatiq's, batch publish rate, round trip p50 (seconds).
+DRAIN_VS_DRAMATIQ = 3
+DRAIN_VS_CELERY = 6
+PUBLISH_VS_DRAMATIQ = 2
+BATCH_TARGET = 50_000
+ROUNDTRIP_P50_TARGET = 0.0005
+#: Server brokers: celeriac's (and Celery's) URL, and where results go.
+SERVER_BROKERS = {
+    "redis": "redis://127.0.0.1:6379/12",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672//",
+}
+RESULTS_URL = "redis://127.0.0.1:6379/12"
 
 
 @dataclass(frozen=True)
@@ -75,8 +94,20 @@ class Framework:
     roundtrips: int
     repeat: int
     stop_signal: int = signal.SIGTERM
+    broker: str = "sqlite"
 
     def worker_command(self, setup: Setup) -> list[str]:
+        if self.name == "dramatiq":
+            # Setup.pool is the number of worker processes, concurrency the threads in each.
+            return [
+                str(BIN / "dramatiq"),
+                "peers.dramatiq_app",
+                "-p",
+                setup.pool,
+                "-t",
+                str(setup.concurrency),
+                *setup.extra,
+            ]
         if self.name == "huey":
             return [
                 str(BIN / "huey_consumer"),
@@ -107,7 +138,7 @@ class Framework:
         return command
 
     def label(self, setup: Setup) -> str:
-        flags = ("-k", "-w") if self.name == "huey" else ("-P", "-c")
+        flags = {"huey": ("-k", "-w"), "dramatiq": ("-p", "-t")}.get(self.name, ("-P", "-c"))
         words = [flags[0], setup.pool, flags[1], str(setup.concurrency), *setup.extra]
         return f"`{' '.join(words)}`"
 
@@ -129,6 +160,8 @@ class Row:
     drain: float | None = None
     drain_with_start: float | None = None
     latencies: list[float] = field(default_factory=list)
+    batch: float | None = None  # celeriac on a server broker: one group publish
+    confirmed: float | None = None  # celeriac on RabbitMQ: publish with confirms on
     note: str = ""
     deep: bool = False  # see Setup.deep
 
@@ -235,6 +268,67 @@ def forget_wake_directory(fw: Framework, db: str) -> None:
         shutil.rmtree(wake_directory(key), ignore_errors=True)
 
 
+def server_env(broker: str, queue: str) -> dict[str, str]:
+    """The environment that points a peer app at a server broker and a fresh queue."""
+    if broker == "sqlite":
+        return {}
+    return {
+        "BENCH_BROKER": SERVER_BROKERS[broker],
+        "BENCH_BACKEND": RESULTS_URL,
+        "BENCH_QUEUE": queue,
+    }
+
+
+def delete_server_queue(broker: str, queue: str) -> None:
+    """Remove what a run left on a server broker: its queue (and Dramatiq's side queues)."""
+    if broker == "redis":
+        import redis
+
+        redis.Redis.from_url(SERVER_BROKERS["redis"]).flushdb()  # db 12: benchmarks only
+    elif broker == "amqp":
+        import amqp
+
+        with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+            channel = conn.channel()
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                channel.queue_delete(name)
+            channel.exchange_delete(queue)
+
+
+def run_env(fw: Framework, rundir: Path) -> dict[str, str]:
+    """The environment of one run's client and worker processes (tally made here)."""
+    tally = rundir / "tally"
+    tally.mkdir()
+    path = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(path),
+        "BENCH_DIR": str(rundir),
+        "BENCH_DB": str(rundir / "bench.db"),
+        "BENCH_TALLY": str(tally),
+        "BENCH_COUNT": str(fw.count),
+        **server_env(fw.broker, f"bench-{rundir.name}"),
+    }
+
+
+def publish_variants(fw: Framework, workdir: Path, budget: Budget, row: Row) -> None:
+    """celeriac on a server broker: the batch publish, and on RabbitMQ the confirmed one."""
+    if fw.name != "celeriac" or fw.broker == "sqlite":
+        return
+    for _ in range(fw.repeat):
+        rundir = Path(tempfile.mkdtemp(prefix="celeriac-batch-", dir=workdir))
+        env = run_env(fw, rundir)
+        try:
+            batch = run_client(fw.name, "batch", fw.count, env, budget)["rate"]
+            row.batch = max(row.batch or 0.0, batch)
+            if fw.broker == "amqp":
+                confirmed_env = {**env, "BENCH_CONFIRM": "1"}
+                confirmed = run_client(fw.name, "publish", fw.count, confirmed_env, budget)["rate"]
+                row.confirmed = max(row.confirmed or 0.0, confirmed)
+        finally:
+            delete_server_queue(fw.broker, f"bench-{rundir.name}")
+
+
 def run_once(
     fw: Framework, setup: Setup, workdir: Path, budget: Budget, roundtrips: int
 ) -> tuple[float, float, float, list[float]]:
@@ -245,20 +339,12 @@ def run_once(
     """
     rundir = Path(tempfile.mkdtemp(prefix=f"{fw.name}-{setup.pool}-", dir=workdir))
     tally = rundir / "tally"
-    tally.mkdir()
-    path = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(path),
-        "BENCH_DIR": str(rundir),
-        "BENCH_DB": str(rundir / "bench.db"),
-        "BENCH_TALLY": str(tally),
-        "BENCH_COUNT": str(fw.count),
-    }
+    env = run_env(fw, rundir)
     try:
         publish = run_client(fw.name, "publish", fw.count, env, budget)["rate"]
     except BaseException:
         forget_wake_directory(fw, env["BENCH_DB"])
+        delete_server_queue(fw.broker, f"bench-{rundir.name}")
         raise
     worker = WorkerProcess(fw.worker_command(setup), env, rundir / "worker.log")
     try:
@@ -277,6 +363,7 @@ def run_once(
     finally:
         worker.stop(fw.stop_signal)
         forget_wake_directory(fw, env["BENCH_DB"])
+        delete_server_queue(fw.broker, f"bench-{rundir.name}")
     return publish, fw.count / (end - first), fw.count / (end - worker.spawned), latencies
 
 
@@ -317,8 +404,8 @@ def ms(seconds: float) -> str:
 def table(rows: list[Row], versions: dict[str, str | None]) -> list[str]:
     lines = [
         "| framework | worker | tasks | publish | drain | drain incl. start-up "
-        "| round trip p50 | p99 | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| round trip p50 | p99 | batch publish | publish, confirms | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         name = f"{row.framework} {versions.get(row.framework) or ''}".strip()
@@ -328,7 +415,8 @@ def table(rows: list[Row], versions: dict[str, str | None]) -> list[str]:
             p99 = ms(percentile(row.latencies, 0.99))
         lines.append(
             f"| {name} | {row.setup} | {row.count:,} | {rate(row.publish)} "
-            f"| {rate(row.drain)} | {rate(row.drain_with_start)} | {p50} | {p99} | {row.note} |"
+            f"| {rate(row.drain)} | {rate(row.drain_with_start)} | {p50} | {p99} "
+            f"| {rate(row.batch)} | {rate(row.confirmed)} | {row.note} |"
         )
     return lines
 
@@ -370,6 +458,45 @@ def targets(rows: list[Row]) -> list[str]:
     return lines
 
 
+def best(rows: list[Row], framework: str, what: str) -> float | None:
+    """The highest ``what`` (an attribute of Row) among ``framework``'s rows."""
+    values = [getattr(r, what) for r in rows if r.framework == framework]
+    return max((v for v in values if v is not None), default=None)
+
+
+def server_targets(rows: list[Row], broker: str) -> list[str]:
+    """DESIGN.md's RabbitMQ/Redis targets, judged on the best row of each framework."""
+    drain, publish = best(rows, "celeriac", "drain"), best(rows, "celeriac", "publish")
+    lines = []
+    for peer, multiple in (("dramatiq", DRAIN_VS_DRAMATIQ), ("celery", DRAIN_VS_CELERY)):
+        theirs = best(rows, peer, "drain")
+        if drain and theirs:
+            met = "met" if drain >= multiple * theirs else "NOT met"
+            lines.append(
+                f"- Drain ≥ {multiple}x {peer} on {broker}: **{met}** "
+                f"({drain:,.0f}/s vs {theirs:,.0f}/s: {drain / theirs:.1f}x)."
+            )
+    theirs = best(rows, "dramatiq", "publish")
+    if publish and theirs:
+        met = "met" if publish >= PUBLISH_VS_DRAMATIQ * theirs else "NOT met"
+        lines.append(
+            f"- Publish ≥ {PUBLISH_VS_DRAMATIQ}x dramatiq: **{met}** "
+            f"({publish:,.0f}/s vs {theirs:,.0f}/s: {publish / theirs:.1f}x)."
+        )
+    batch = best(rows, "celeriac", "batch")
+    if batch:
+        met = "met" if batch >= BATCH_TARGET else "NOT met"
+        lines.append(f"- Batch publish ≥ {BATCH_TARGET:,}/s: **{met}** ({batch:,.0f}/s).")
+    p50s = [percentile(r.latencies, 0.5) for r in rows if r.framework == "celeriac" and r.latencies]
+    if p50s:
+        met = "met" if min(p50s) <= ROUNDTRIP_P50_TARGET else "NOT met"
+        lines.append(
+            f"- Round trip p50 ≤ {ROUNDTRIP_P50_TARGET * 1000:.1f} ms: **{met}** "
+            f"(best {ms(min(p50s))})."
+        )
+    return lines
+
+
 def parse_setups(text: str) -> list[Setup]:
     """``"solo:1,threads:4"`` -> ``[Setup("solo", 1), Setup("threads", 4)]``."""
     setups = []
@@ -380,6 +507,7 @@ def parse_setups(text: str) -> list[Setup]:
 
 
 def frameworks(args: argparse.Namespace) -> list[Framework]:
+    server = args.broker != "sqlite"
     known = {
         "celeriac": Framework(
             "celeriac",
@@ -399,9 +527,19 @@ def frameworks(args: argparse.Namespace) -> list[Framework]:
         "celery": Framework(
             "celery",
             [Setup("solo", 1), Setup("threads", 4), Setup("prefork", 2)],
-            args.celery_count,
-            args.celery_roundtrips,
+            # On a server broker Celery is fast enough for the full count and its get()
+            # waits on pub/sub rather than polling.
+            args.count if server else args.celery_count,
+            args.roundtrips if server else args.celery_roundtrips,
             args.celery_repeat,
+        ),
+        "dramatiq": Framework(
+            "dramatiq",
+            # Setup.pool = processes, concurrency = threads per process (8 is its default).
+            [Setup("1", 8), Setup("2", 8), Setup("1", 1)],
+            args.count,
+            args.roundtrips,
+            args.repeat,
         ),
         "huey": Framework(
             "huey",
@@ -413,10 +551,14 @@ def frameworks(args: argparse.Namespace) -> list[Framework]:
         ),
     }
     chosen = []
-    for name in filter(None, (part.strip() for part in args.frameworks.split(","))):
+    default = "celeriac,celery,dramatiq" if server else "celeriac,celery,huey"
+    for name in filter(None, (part.strip() for part in (args.frameworks or default).split(","))):
         if name not in known:
             raise SystemExit(f"unknown framework {name!r}; known: {', '.join(known)}")
+        if (name == "huey" and server) or (name == "dramatiq" and not server):
+            raise SystemExit(f"{name} is not benchmarked on {args.broker}")
         fw = known[name]
+        fw.broker = args.broker
         if args.setups:
             fw.setups = parse_setups(args.setups)
         chosen.append(fw)
@@ -435,11 +577,14 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, str | None]]:
                 rows.append(Row(fw.name, "-", fw.count, note=note))
                 continue
             budget = Budget(args.timebox)
-            for setup in fw.setups:
+            for index, setup in enumerate(fw.setups):
                 if budget.deadline <= time.monotonic():
                     row = Row(fw.name, fw.label(setup), fw.count, note="not run: time box")
                 else:
                     row = measure(fw, setup, workdir, budget)
+                    if index == 0:
+                        with contextlib.suppress(OutOfTime, RuntimeError):
+                            publish_variants(fw, workdir, budget, row)
                 print(table([row], versions)[-1], file=sys.stderr, flush=True)
                 rows.append(row)
     finally:
@@ -457,24 +602,38 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="publish+drain runs, best kept")
     parser.add_argument("--celery-repeat", type=int, default=1)
     parser.add_argument("--timebox", type=float, default=120.0, help="seconds per framework")
-    parser.add_argument("--frameworks", default="celeriac,celery,huey")
+    parser.add_argument(
+        "--broker",
+        choices=["sqlite", "redis", "amqp"],
+        default="sqlite",
+        help="sqlite (celeriac, Celery, Huey) or a local server (celeriac, Celery, Dramatiq)",
+    )
+    parser.add_argument("--frameworks", help="default: the three of the chosen broker")
     parser.add_argument("--setups", help="override the pools tried, e.g. solo:1,threads:4")
     parser.add_argument("--write", action="store_true", help="record in RESULTS.md")
     args = parser.parse_args()
 
     rows, versions = run(args)
+    server = args.broker != "sqlite"
+    where = {
+        "sqlite": f"SQLite {sqlite3.sqlite_version}",
+        "redis": "the local Redis (results on Redis)",
+        "amqp": "the local RabbitMQ (results on Redis)",
+    }[args.broker]
+    celery_count = args.count if server else args.celery_count
     header = (
         f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; celeriac at "
+        f"Python {platform.python_version()}, {where}; celeriac at "
         f"{celeriac_revision()}. No-op tasks, "
         f"{args.count:,} per publish and drain, best of {args.repeat} runs (Celery: "
-        f"{args.celery_count:,}, best of {args.celery_repeat}); round trips: n calls after the "
+        f"{celery_count:,}, best of {args.celery_repeat}); round trips: n calls after the "
         f"last drain. Time box {args.timebox:.0f} s per framework."
     )
-    report = "\n".join([header, "", *table(rows, versions), "", *targets(rows), ""])
+    judged = server_targets(rows, args.broker) if server else targets(rows)
+    report = "\n".join([header, "", *table(rows, versions), "", *judged, ""])
     print(report)
     if args.write:
-        write_results(report)
+        write_results(report, args.broker)
 
 
 def celeriac_revision() -> str:
@@ -501,9 +660,13 @@ def celeriac_revision() -> str:
     return f"{commit}+changes" if changes else commit
 
 
-def write_results(report: str) -> None:
-    """Replace the marked tasks section of RESULTS.md (appended when missing)."""
-    write_section("tasks", "Tasks (`benchmarks/tasks.py`)", report)
+def write_results(report: str, broker: str) -> None:
+    """Replace the broker's marked tasks section of RESULTS.md (appended when missing)."""
+    if broker == "sqlite":
+        write_section("tasks", "Tasks (`benchmarks/tasks.py`)", report)
+        return
+    name = {"redis": "Redis", "amqp": "RabbitMQ"}[broker]
+    write_section(f"tasks-{broker}", f"Tasks on {name} (`tasks.py --broker {broker}`)", report)
 
 
 if __name__ == "__main__":

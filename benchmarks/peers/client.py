@@ -3,6 +3,9 @@
 ``python -m peers.client FRAMEWORK publish N`` sends N no-op tasks (one ``delay()`` per
 task, one thread) after one warm-up send, and prints ``{"rate": tasks_per_second}``.
 
+``python -m peers.client celeriac batch N`` sends N no-op tasks as one
+``group(...).apply_async()`` (one batch publish) and prints ``{"rate": ...}``.
+
 ``python -m peers.client FRAMEWORK roundtrip N`` makes N ``add(1, 1)`` calls each waiting
 for its result (after one warm-up call), and prints ``{"latencies": [seconds, ...]}``.
 
@@ -34,15 +37,41 @@ def _huey(module: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
     return module.noop, lambda: module.add(1, 1).get(blocking=True, timeout=TIMEOUT)
 
 
-CALLS = {"celeriac": _celeriac, "celery": _celery, "huey": _huey}
+def _dramatiq(module: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    def call() -> Any:
+        return module.add.send(1, 1).get_result(block=True, timeout=int(TIMEOUT * 1000))
+
+    return module.noop.send, call
+
+
+CALLS = {"celeriac": _celeriac, "celery": _celery, "huey": _huey, "dramatiq": _dramatiq}
+#: A first send that connects (and declares, creates tables) before the clock starts.
+WARM_UP: dict[str, Callable[[Any], Any]] = {
+    "celeriac": lambda module: module.add.delay(0, 0),
+    "celery": lambda module: module.add.delay(0, 0),
+    "huey": lambda module: module.add(0, 0),
+    "dramatiq": lambda module: module.add.send(0, 0),
+}
+
+
+def batch(module: Any, count: int) -> dict[str, Any]:
+    """celeriac only: ``count`` no-op tasks published as one group."""
+    from celeriac import group
+
+    WARM_UP["celeriac"](module)
+    signatures = [module.noop.s() for _ in range(count)]
+    started = time.perf_counter()
+    group(signatures).apply_async()
+    return {"rate": count / (time.perf_counter() - started)}
 
 
 def main(framework: str, action: str, count: int) -> dict[str, Any]:
     module = importlib.import_module(f"peers.{framework}_app")
     send, call = CALLS[framework](module)
+    if action == "batch":
+        return batch(module, count)
     if action == "publish":
-        call_warm_up = module.add.delay if framework != "huey" else module.add
-        call_warm_up(0, 0)  # connects, creates tables; not counted, not a no-op task
+        WARM_UP[framework](module)  # connects, creates tables; not counted, not a no-op task
         started = time.perf_counter()
         for _ in range(count):
             send()
