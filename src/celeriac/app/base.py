@@ -39,9 +39,11 @@ from celeriac.messaging.entities import Queue
 from celeriac.messaging.pools import ConnectionPool, ProducerPool
 from celeriac.messaging.retry import RetryPolicy
 from celeriac.result import AsyncResult as Result
+from celeriac.utils.url import scheme_of
 
 if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
+    from celeriac.backends.rpc import RPCBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,6 +109,7 @@ class Celery:
         self._pool: ConnectionPool | None = None
         self._producers: ProducerPool | None = None
         self._backend: ResultBackend | None = None
+        self._oid: tuple[int, str] | None = None
         self._router: Router | None = None
         self._retry_policy: tuple[dict[str, Any], RetryPolicy] | None = None
         state.register_app(self)
@@ -297,6 +300,14 @@ class Celery:
                 from celeriac.backends import backend_from_url
 
                 conf = self.conf
+                rpc: dict[str, Any] = {}
+                if self._uses_rpc():
+                    # Replies travel over this app's broker, to a queue named after its oid.
+                    rpc = {
+                        "broker_url": self.broker_url,
+                        "broker_options": conf.broker_transport_options,
+                        "reply_queue": self.oid,
+                    }
                 self._backend = backend_from_url(
                     self.result_backend_url,
                     serializer=conf.result_serializer,
@@ -304,8 +315,33 @@ class Celery:
                     expires=conf.result_expires,
                     extended=conf.result_extended,
                     options=conf.result_backend_transport_options,
+                    **rpc,
                 )
             return self._backend
+
+    @property
+    def oid(self) -> str:
+        """This app's unique id in this process (Celery's ``app.oid``): the name of the
+        ``rpc://`` backend's reply queue, and the ``reply_to`` of the tasks it sends."""
+        pid = os.getpid()
+        with self._lock:
+            if self._oid is None or self._oid[0] != pid:
+                self._oid = (pid, str(uuid.uuid4()))
+            return self._oid[1]
+
+    def _uses_rpc(self) -> bool:
+        return scheme_of(self.result_backend_url) == "rpc"
+
+    def _reply_queue_backend(self, message: TaskMessage) -> RPCBackend | None:
+        """The rpc backend whose reply queue ``message`` names, if it is this app's."""
+        if not message.reply_to or not self._uses_rpc():
+            return None
+        from celeriac.backends.rpc import RPCBackend
+
+        backend = self.backend
+        if isinstance(backend, RPCBackend) and backend.oid == message.reply_to:
+            return backend
+        return None
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Result[Any]:
         """The result of a task by id."""
@@ -370,7 +406,7 @@ class Celery:
             callbacks=[dict(s) for s in signatures(options.pop("link", None), self)] or None,
             errbacks=[dict(s) for s in signatures(options.pop("link_error", None), self)] or None,
             chain=options.pop("chain", None),
-            reply_to=options.pop("reply_to", None),
+            reply_to=options.pop("reply_to", None) or (self.oid if self._uses_rpc() else None),
             time_limit=options.pop("time_limit", None),
             soft_time_limit=options.pop("soft_time_limit", None),
             root_id=root_id,
@@ -441,6 +477,8 @@ class Celery:
         """
         message, queue, exchange, key, rest = self._prepare(name, args, kwargs, dict(options))
         retry, policy = self._retry_args(rest)
+        if (rpc := self._reply_queue_backend(message)) is not None:
+            rpc.ensure_reply_queue()  # Before the task exists, so no reply finds no queue.
         signals.before_task_publish.send(
             sender=name,
             body=message.body,
@@ -469,6 +507,8 @@ class Celery:
         """``send_task`` for asyncio code: the broker I/O does not block the event loop."""
         message, queue, exchange, key, rest = self._prepare(name, args, kwargs, dict(options))
         retry, policy = self._retry_args(rest)
+        if (rpc := self._reply_queue_backend(message)) is not None:
+            await rpc.aensure_reply_queue()
         lease = self.producer_pool.acquire()
         try:
             outgoing = self._outgoing(lease.producer, message, exchange, key, rest)

@@ -1,0 +1,330 @@
+"""Result backend on Redis (``redis://``, ``rediss://``), in Celery's key and value format.
+
+| feature                  | supported                                                 |
+|--------------------------|-----------------------------------------------------------|
+| shared between processes | yes, and with Celery clients and workers on the same db   |
+| survives the process     | yes (as long as Redis keeps its data)                     |
+| expiry                   | yes: Redis expires the keys itself (``cleanup`` is a no-op) |
+| waking waiters           | pub/sub on the key's name, one listener thread per backend |
+| batched writes           | ``store_many`` is one round trip (EVALSHA in a pipeline)   |
+| atomic SUCCESS guard     | yes: a Lua script checks and writes in one step            |
+
+What lives where (``<key>`` is ``celery-task-meta-<task_id>`` or
+``celery-taskset-meta-<group_id>``, as Celery names them):
+
+- ``<key>`` (STRING): the current value, exactly as Celery writes it: the serialized meta,
+  nothing added, set with the result expiry (``SET ... PX``), then PUBLISHed on the
+  channel ``<key>`` (its value as the message) so waiting clients, Celery's too, wake up.
+- ``celeriac-history:<key>`` (HASH, same expiry), only once a key's value has been
+  replaced: field ``n`` counts the replaced values, fields ``1``..``n`` hold them (the
+  oldest dropped beyond ``history_limit``), and ``status`` holds the current value's state
+  when the script cannot read it from the value (serializers other than JSON and msgpack).
+  A key's current value has ``seq`` ``n + 1``; a key Celery wrote has no history and
+  reads as ``seq`` 1. ``on_message`` waiters read the replaced values from here, so they
+  see every state in order.
+
+The store script (``_STORE``) refuses to replace a value whose status is SUCCESS: it reads
+the status from the value itself (``cjson``/``cmsgpack``, both built into Redis) or from
+the history's ``status`` field. A key that is missing (never written, or expired) starts
+afresh, history and all.
+
+A stored value carries no content type, as in Celery; readers tell JSON, pickle and
+msgpack apart by their first bytes and assume this backend's serializer otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from celeriac.backends.base import Record, ResultBackend, Write
+from celeriac.backends.redis_pubsub import Listener, ServerAddress
+from celeriac.messaging.serialization import registry
+
+HISTORY_PREFIX = "celeriac-history:"
+#: Replaced values kept per key for ``on_message`` (older ones are dropped).
+DEFAULT_HISTORY_LIMIT = 1000
+#: Writes per script call in ``store_many`` (the calls still share one round trip).
+BATCH = 256
+#: Retries of a command when the connection to Redis fails.
+DEFAULT_MAX_RETRIES = 10
+
+# KEYS: key1, history1, key2, history2...; ARGV: history limit, then per write:
+# value, status, ttl in ms (0: keep for ever), keep_status ("1": record the status).
+# Returns one 1 (stored) or 0 (refused: SUCCESS was there) per write.
+_STORE = """
+local function status_of(value, history)
+  local first = string.byte(value, 1)
+  local ok, meta = false, nil
+  if first == 123 then
+    ok, meta = pcall(cjson.decode, value)
+  elseif first and ((first >= 0x81 and first <= 0x8f) or first == 0xde or first == 0xdf) then
+    ok, meta = pcall(cmsgpack.unpack, value)
+  end
+  if ok and type(meta) == 'table' and type(meta['status']) == 'string' then
+    return meta['status']
+  end
+  return redis.call('HGET', history, 'status')
+end
+
+local limit = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS, 2 do
+  local key, history = KEYS[i], KEYS[i + 1]
+  local a = (i - 1) * 2 + 2
+  local value, status, ttl, keep = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local current = redis.call('GET', key)
+  local stored = 1
+  if not current then
+    redis.call('DEL', history)
+  elseif status_of(current, history) == 'SUCCESS' then
+    stored = 0
+  else
+    local n = redis.call('HINCRBY', history, 'n', 1)
+    redis.call('HSET', history, n, current)
+    if n > limit then redis.call('HDEL', history, n - limit) end
+  end
+  if stored == 1 then
+    if ttl > 0 then
+      redis.call('SET', key, value, 'PX', ttl)
+    else
+      redis.call('SET', key, value)
+    end
+    if keep == '1' then
+      redis.call('HSET', history, 'status', status)
+    elseif current then
+      redis.call('HDEL', history, 'status')
+    end
+    if redis.call('EXISTS', history) == 1 then
+      if ttl > 0 then redis.call('PEXPIRE', history, ttl) else redis.call('PERSIST', history) end
+    end
+    redis.call('PUBLISH', key, value)
+  end
+  out[#out + 1] = stored
+end
+return out
+"""
+
+# KEYS: key, history; ARGV: after_seq (-1: the current value only).
+# Returns {} when the key is missing, else {n, [values with seq after_seq+1..n,] current}
+# where a dropped old value reads as false.
+_READ = """
+local value = redis.call('GET', KEYS[1])
+if not value then return {} end
+local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
+local out = {n}
+local after = tonumber(ARGV[1])
+if after >= 0 then
+  for seq = after + 1, n do out[#out + 1] = redis.call('HGET', KEYS[2], seq) end
+end
+out[#out + 1] = value
+return out
+"""
+
+#: Serializers whose values the store script reads the status from.
+_SCRIPT_READABLE = frozenset({"application/json", "application/x-msgpack"})
+_JSON = "application/json"
+_PICKLE = "application/x-python-serialize"
+_MSGPACK = "application/x-msgpack"
+
+
+def content_type_of(value: bytes, default: str) -> str:
+    """The content type of a stored value, told by its first bytes (Celery stores none).
+
+    JSON metas start with ``{``, pickles with ``0x80`` and the protocol number (2-5),
+    msgpack maps with ``0x81``-``0x8f``, ``0xde`` or ``0xdf``; anything else is
+    ``default`` (the reading backend's serializer).
+    """
+    first = value[:1]
+    if first in (b"{", b"["):
+        return _JSON
+    if first == b"\x80" and value[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return _PICKLE
+    if first and (0x81 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
+        return _MSGPACK
+    return default
+
+
+def history_key(key: str) -> str:
+    """The key of ``key``'s replaced values."""
+    return HISTORY_PREFIX + key
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis, readable and writable by Celery on the same database.
+
+    Options (``result_backend_transport_options``): ``max_connections``,
+    ``socket_timeout``, ``socket_connect_timeout``, ``max_retries`` (of a command whose
+    connection failed, with a growing pause; 10 by default), ``history_limit`` (replaced
+    values kept per key for ``on_message``; 1000), and the base's ``cleanup_interval``.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        opts = self.options
+        retries = int(opts.get("max_retries", DEFAULT_MAX_RETRIES))
+        retry = Retry(
+            ExponentialBackoff(cap=1.0, base=0.05),
+            retries,
+            supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),
+        )
+        client_options = {
+            name: opts[name]
+            for name in ("max_connections", "socket_timeout", "socket_connect_timeout")
+            if name in opts
+        }
+        self.client: redis.Redis = redis.Redis.from_url(url, retry=retry, **client_options)
+        self._history_limit = max(1, int(opts.get("history_limit", DEFAULT_HISTORY_LIMIT)))
+        self._store_script = self.client.register_script(_STORE)
+        self._read_script = self.client.register_script(_READ)
+        self._content_type = registry.content_type_of(self.serializer)
+        self._keep_status = "0" if self._content_type in _SCRIPT_READABLE else "1"
+        pool = self.client.connection_pool
+        self._address = ServerAddress.from_pool_kwargs(
+            pool.connection_kwargs, tls=url.lower().startswith("rediss:")
+        )
+        self._listener_lock = threading.Lock()
+        self._listener: Listener | None = None
+        self._listener_pid = os.getpid()
+
+    # -- helpers ----------------------------------------------------------------------------
+    @property
+    def listener(self) -> Listener:
+        """The pub/sub listener of this process (made on first use; anew after a fork)."""
+        with self._listener_lock:
+            if self._listener is None or self._listener_pid != os.getpid():
+                # A parent's listener thread does not exist in a forked child.
+                self._listener = Listener(self._address)
+                self._listener_pid = os.getpid()
+            return self._listener
+
+    def _record(self, seq: int, value: bytes) -> Record:
+        return Record(seq, content_type_of(value, self._content_type), value)
+
+    def _read(self, key: str, after_seq: int) -> list[Any]:
+        reply: list[Any] = self._read_script(keys=[key, history_key(key)], args=[after_seq])
+        return reply
+
+    def _run(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` call, in one round trip."""
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return [script(keys=keys, args=args)]
+        # Raw EVALSHAs: a pipeline that runs Script objects asks SCRIPT EXISTS first, which
+        # would cost a second round trip every time.
+        for attempt in (1, 2):
+            with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                try:
+                    return list(pipe.execute())
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    script.sha = self.client.script_load(script.script)
+        raise AssertionError("unreachable")
+
+    def _ttl_ms(self, write: Write, now: float) -> int:
+        if write.expires_at is None:
+            return 0
+        return max(1, math.ceil((write.expires_at - now) * 1000))
+
+    def _changed(self, watch: Mapping[str, int]) -> bool:
+        replies = self._run(self._read_script, [([k, history_key(k)], [-1]) for k in watch])
+        return any(
+            reply and int(reply[0]) + 1 > seen
+            for reply, seen in zip(replies, watch.values(), strict=True)
+        )
+
+    # -- the storage surface ----------------------------------------------------------------
+    def _get(self, key: str) -> Record | None:
+        reply = self._read(key, -1)
+        if not reply:
+            return None
+        return self._record(int(reply[0]) + 1, reply[-1])
+
+    def _history(self, key: str, after_seq: int) -> list[Record]:
+        reply = self._read(key, max(after_seq, 0))
+        if not reply:
+            return []
+        n = int(reply[0])
+        records = [
+            self._record(seq, value)
+            for seq, value in zip(range(after_seq + 1, n + 1), reply[1:-1], strict=True)
+            if value is not None
+        ]
+        if n + 1 > after_seq:
+            records.append(self._record(n + 1, reply[-1]))
+        return records
+
+    def _store_many(self, writes: Sequence[Write]) -> list[bool]:
+        now = time.time()
+        calls: list[tuple[list[str], list[Any]]] = []
+        for start in range(0, len(writes), BATCH):
+            keys: list[str] = []
+            args: list[Any] = [self._history_limit]
+            for write in writes[start : start + BATCH]:
+                keys += (write.key, history_key(write.key))
+                args += (write.value, write.status, self._ttl_ms(write, now), self._keep_status)
+            calls.append((keys, args))
+        replies = self._run(self._store_script, calls)
+        return [bool(flag) for reply in replies for flag in reply]
+
+    def _delete(self, key: str) -> None:
+        self.client.delete(key, history_key(key))
+
+    def _wait(self, watch: Mapping[str, int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        listener = self.listener
+        ticket = listener.watch(watch)
+        try:
+            if not ticket.subscribed:
+                # Reading before Redis confirmed the subscription could miss a publish.
+                if not ticket.wait(timeout) or not ticket.subscribed:
+                    return
+                ticket.clear()
+            if not self._changed(watch):
+                ticket.wait(deadline - time.monotonic())
+        finally:
+            listener.unwatch(ticket)
+
+    async def _await(self, watch: Mapping[str, int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        listener = self.listener
+        ticket = listener.watch(watch, asyncio.get_running_loop())
+        try:
+            if not ticket.subscribed:
+                if not await ticket.await_fired(timeout) or not ticket.subscribed:
+                    return
+                ticket.clear()
+            if not self._changed(watch):
+                await ticket.await_fired(deadline - time.monotonic())
+        finally:
+            listener.unwatch(ticket)
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Nothing to do: Redis deletes expired keys itself."""
+        return 0
+
+    def close(self) -> None:
+        with self._listener_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None and self._listener_pid == os.getpid():
+            listener.close()
+        self.client.close()
+        self.client.connection_pool.disconnect()
