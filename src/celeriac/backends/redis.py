@@ -12,6 +12,9 @@
 What lives where (``<key>`` is ``celery-task-meta-<task_id>`` or
 ``celery-taskset-meta-<group_id>``, as Celery names them):
 
+With the ``global_keyprefix`` option (as Celery's), every key and channel name starts with
+that prefix (followed by ``_`` unless it ends in one of ``:_-.``).
+
 - ``<key>`` (STRING): the current value, exactly as Celery writes it: the serialized meta,
   nothing added, set with the result expiry (``SET ... PX``), then PUBLISHed on the
   channel ``<key>`` (its value as the message) so waiting clients, Celery's too, wake up.
@@ -51,6 +54,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from celeriac.backends.base import Record, ResultBackend, Write
+from celeriac.backends.meta import GROUP_KEY_PREFIX, TASK_KEY_PREFIX
 from celeriac.backends.redis_pubsub import Listener, ServerAddress
 from celeriac.messaging.serialization import registry
 
@@ -166,7 +170,8 @@ def history_key(key: str) -> str:
 class RedisBackend(ResultBackend):
     """Results in Redis, readable and writable by Celery on the same database.
 
-    Options (``result_backend_transport_options``): ``max_connections``,
+    Options (``result_backend_transport_options``): ``global_keyprefix`` (as Celery's),
+    ``max_connections``,
     ``socket_timeout``, ``socket_connect_timeout``, ``max_retries`` (of a command whose
     connection failed, with a growing pause; 10 by default), ``history_limit`` (replaced
     values kept per key for ``on_message``; 1000), and the base's ``cleanup_interval``.
@@ -189,6 +194,10 @@ class RedisBackend(ResultBackend):
             if name in opts
         }
         self.client: redis.Redis = redis.Redis.from_url(url, retry=retry, **client_options)
+        prefix = str(opts.get("global_keyprefix") or "")
+        if prefix and prefix[-1] not in ":_-.":
+            prefix += "_"
+        self.keyprefix = prefix
         self._history_limit = max(1, int(opts.get("history_limit", DEFAULT_HISTORY_LIMIT)))
         self._store_script = self.client.register_script(_STORE)
         self._read_script = self.client.register_script(_READ)
@@ -201,6 +210,16 @@ class RedisBackend(ResultBackend):
         self._listener_lock = threading.Lock()
         self._listener: Listener | None = None
         self._listener_pid = os.getpid()
+
+    # -- keys -------------------------------------------------------------------------------
+    # The base's key methods are static; the prefix makes these depend on the instance.
+    def task_key(self, task_id: str) -> str:  # type: ignore[override]
+        """Celery's key of a task's result (after the ``global_keyprefix``, if any)."""
+        return f"{self.keyprefix}{TASK_KEY_PREFIX}{task_id}"
+
+    def group_key(self, group_id: str) -> str:  # type: ignore[override]
+        """Celery's key of a saved group (after the ``global_keyprefix``, if any)."""
+        return f"{self.keyprefix}{GROUP_KEY_PREFIX}{group_id}"
 
     # -- helpers ----------------------------------------------------------------------------
     @property

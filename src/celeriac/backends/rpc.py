@@ -110,6 +110,8 @@ class RPCBackend(ResultBackend):
             expires=self.expires,
             options={"cleanup_interval": self.cleanup_interval},
         )
+        #: Replies this client received so far (readable or not).
+        self.received = 0
         self._lock = threading.Lock()
         self._receiver: _Receiver | None = None
         self._producers: ProducerPool | None = None
@@ -119,6 +121,10 @@ class RPCBackend(ResultBackend):
     def ensure_reply_queue(self) -> None:
         """Declare the reply queue (once): call before sending a task that replies to it."""
         self._receiver_for(start=False)
+
+    def receive_replies(self) -> None:
+        """Start taking replies now, rather than at the first look at a result."""
+        self._receiver_for(start=True)
 
     async def aensure_reply_queue(self) -> None:
         """``ensure_reply_queue`` for asyncio code."""
@@ -140,20 +146,30 @@ class RPCBackend(ResultBackend):
     def _receive(self, message: Message) -> None:
         """Keep one reply (called by the receiver thread)."""
         try:
+            self._keep(message)
+        finally:
+            self.received += 1
+
+    def _keep(self, message: Message) -> None:
+        correlation_id = message.properties.correlation_id
+        body = message.body
+        try:
+            if encoding := message.headers.get("compression"):
+                body = compression.decompress(body, str(encoding))
             meta = message.decode()
             if not isinstance(meta, dict) or "status" not in meta:
                 raise SerializationError(f"not a result meta: {type(meta).__name__}")
-            body = message.body
-            if encoding := message.headers.get("compression"):
-                body = compression.decompress(body, str(encoding))
+            task_id, status = str(meta.get("task_id") or correlation_id), str(meta["status"])
         except Exception as exc:
-            correlation_id = message.properties.correlation_id
-            logger.error("Dropping an unreadable reply %s: %s", correlation_id, exc)
-            return
-        task_id = str(meta.get("task_id") or message.properties.correlation_id)
+            if not correlation_id:
+                logger.error("Dropping an unreadable reply without correlation_id: %s", exc)
+                return
+            # Kept as it came: reading it raises this error, as on the other backends.
+            logger.warning("The reply for task %s cannot be read: %s", correlation_id, exc)
+            task_id, status = correlation_id, ""
         content_type = message.content_type or self._content_type
-        key, status = self.task_key(task_id), str(meta["status"])
-        self._local._store_many([Write(key, status, content_type, body, self._expiry())])
+        write = Write(self.task_key(task_id), status, content_type, body, self._expiry())
+        self._local._store_many([write])
         self._local._maybe_cleanup()
 
     # -- the worker's side ------------------------------------------------------------------
