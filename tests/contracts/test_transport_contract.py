@@ -23,6 +23,7 @@ from celeriac.testing.contract import TransportContract
 BROKERS: dict[str, Callable[[Path], str]] = {
     "memory": lambda _tmp: f"memory://{uuid.uuid4().hex}",
     "sqlite": lambda tmp: f"sqlite:///{tmp / 'broker.db'}",
+    "redis": lambda _tmp: service_url("redis://127.0.0.1:6379/15"),
 }
 
 
