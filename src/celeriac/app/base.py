@@ -17,6 +17,7 @@ Nothing connects until something is sent or read; decorating functions is cheap.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import threading
@@ -44,6 +45,8 @@ from celeriac.utils.url import scheme_of
 if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.backends.rpc import RPCBackend
+    from celeriac.events.app import Events
+    from celeriac.events.clock import LamportClock
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -343,6 +346,20 @@ class Celery:
             return backend
         return None
 
+    @functools.cached_property
+    def clock(self) -> LamportClock:
+        """This process's logical clock, stamped on remote-control messages and events."""
+        from celeriac.events.clock import LamportClock
+
+        return LamportClock()
+
+    @functools.cached_property
+    def events(self) -> Events:
+        """The events API: ``app.events.Receiver(conn)``, ``.State()``, ``.Dispatcher()``."""
+        from celeriac.events.app import Events
+
+        return Events(self)
+
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Result[Any]:
         """The result of a task by id."""
         return Result(task_id, app=self, **kwargs)
@@ -491,7 +508,10 @@ class Celery:
         )
         with self.producer_pool.acquire() as producer:
             outgoing = self._outgoing(producer, message, exchange, key, rest)
-            producer.send([outgoing], declare=[queue], retry=retry, retry_policy=policy)
+            batch, declare = [outgoing], [queue]
+            if self.conf.task_send_sent_event:
+                self._add_sent_event(producer, message, queue, exchange, key, batch, declare)
+            producer.send(batch, declare=declare, retry=retry, retry_policy=policy)
         signals.after_task_publish.send(
             sender=name, body=message.body, exchange=exchange, routing_key=key
         )
@@ -511,13 +531,29 @@ class Celery:
             await rpc.aensure_reply_queue()
         lease = self.producer_pool.acquire()
         try:
-            outgoing = self._outgoing(lease.producer, message, exchange, key, rest)
-            await lease.producer.asend(
-                [outgoing], declare=[queue], retry=retry, retry_policy=policy
-            )
+            producer = lease.producer
+            outgoing = self._outgoing(producer, message, exchange, key, rest)
+            batch, declare = [outgoing], [queue]
+            if self.conf.task_send_sent_event:
+                self._add_sent_event(producer, message, queue, exchange, key, batch, declare)
+            await producer.asend(batch, declare=declare, retry=retry, retry_policy=policy)
         finally:
             lease.release()
         return self._child_result(message.correlation_id, name, rest)
+
+    def _add_sent_event(
+        self,
+        producer: Any,
+        message: TaskMessage,
+        queue: Queue,
+        exchange: str,
+        key: str,
+        batch: list[Any],
+        declare: list[Any],
+    ) -> None:
+        """Add the ``task-sent`` event to the task's publish (one broker call for both)."""
+        batch.append(self.events.task_sent(producer, message.headers, queue.name, exchange, key))
+        declare.append(self.events.exchange)
 
     def _child_result(self, task_id: str, name: str, options: dict[str, Any]) -> Result[Any]:
         """The result of a sent task, recorded as a child of the running task (if any)."""

@@ -112,6 +112,7 @@ class Settings:
     event_exchange: str = "celeryev"
     event_queue_ttl: float | None = 5.0
     event_queue_expires: float | None = 60.0
+    event_queue_prefix: str = "celeryev"
     control_exchange: str = "celery"
     beat_schedule: dict[str, Any] = field(default_factory=dict)
     beat_max_loop_interval: float = 0

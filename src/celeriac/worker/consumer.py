@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
+from celeriac.events.worker import WorkerEvents
 from celeriac.exceptions import WorkerLostError
 from celeriac.messaging.consumer import Consumer
 from celeriac.messaging.entities import Queue
@@ -78,6 +79,7 @@ class TaskConsumer:
         )
         self.in_flight = 0
         self.processed = 0
+        self.events = WorkerEvents(app, self.connection, pool, hostname, lambda: self.processed)
         self.held: dict[str, tuple[Request, asyncio.TimerHandle]] = {}
         self._acks: list[Message] = []
         self._requeues: list[Message] = []
@@ -205,6 +207,7 @@ class TaskConsumer:
         if request.expired(now):
             self._spawn(self._revoke_expired(request))
             return
+        self.events.task_received(request)
         delay = request.eta_delay(now)
         if delay > 0:
             self._hold(request, delay)
@@ -254,6 +257,7 @@ class TaskConsumer:
         if not request.acks_late:
             self._acks.append(request.message)
         future = self.pool.submit(request.job)
+        self.events.task_submitted(request)
         future.add_done_callback(lambda f: self._finished(request, f.result()))
 
     def _spawn(self, coro: Any) -> None:
@@ -268,6 +272,7 @@ class TaskConsumer:
         Acks and requeues are batched and sent by the fetch loop; only a failure the tracer
         could not store (a killed process, a time limit) needs a coroutine.
         """
+        self.events.task_finished(request, outcome, self.terminating)
         try:
             if self._must_record(request, outcome):
                 self._spawn(self._record_then_settle(request, outcome))
@@ -330,6 +335,7 @@ class TaskConsumer:
 
     async def _revoke_expired(self, request: Request) -> None:
         logger.info("Discarding expired task %s[%s]", request.name, request.id)
+        self.events.task_revoked(request.id, expired=True)
         await self.connection.arun(self.app.backend.mark_as_revoked, request.id, "expired")
         signals.task_revoked.send(
             sender=request.task, request=request, terminated=False, signum=None, expired=True

@@ -66,6 +66,10 @@ class WorkerOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     purge: bool = False
+    #: Send task events (``-E``; the ``worker_send_task_events`` setting when False).
+    task_events: bool = False
+    #: Seconds between ``worker-heartbeat`` events (2 by default, as in Celery).
+    heartbeat_interval: float | None = None
 
 
 class Worker:
@@ -140,6 +144,7 @@ class Worker:
             purged = await self.consumer.connection.arun(self._purge)
             logger.warning("Purged %d message(s) from %d queue(s)", purged, len(self.queues))
         await self.consumer.start()
+        await self._start_events()
         self._install_signal_handlers(loop)
         print(self.banner(), flush=True)
         logger.info("%s ready.", self.hostname)
@@ -148,6 +153,20 @@ class Worker:
         fetching = asyncio.ensure_future(self.consumer.run())
         await stop.wait()
         await self._shutdown(fetching)
+
+    @property
+    def task_events(self) -> bool:
+        """True when this worker sends task events (``-E``, ``worker_send_task_events``)."""
+        return self.options.task_events or self.app.conf.worker_send_task_events
+
+    async def _start_events(self) -> None:
+        """Send worker-online and start heartbeats (and task events when asked for)."""
+        assert self.consumer is not None
+        events = self.consumer.events
+        events.task_events = self.task_events
+        if self.options.heartbeat_interval:
+            events.heartbeat_interval = self.options.heartbeat_interval
+        await events.start()
 
     def _purge(self) -> int:
         assert self.consumer is not None
@@ -196,10 +215,14 @@ class Worker:
             await self.pool.terminate()
         else:
             await self.pool.join()
+        await self.consumer.events.stop()  # worker-offline, and the last task events
         await self.consumer.shutdown()
         signals.worker_shutdown.send(sender=self)
 
     # -- presentation ---------------------------------------------------------------------
+    def _events_banner(self) -> str:
+        return "ON" if self.task_events else "OFF (enable -E to monitor tasks in this worker)"
+
     def banner(self) -> str:
         """The start-up banner, like Celery's (passwords masked)."""
         app = self.app
@@ -219,6 +242,6 @@ class Worker:
             f"- ** ---------- .> results:     {display_url(app.result_backend_url)}\n"
             f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name})\n"
             f"-- ******* ---- .> prefetch:    {self.prefetch}\n"
-            f"--- ***** ----- \n"
+            f"--- ***** ----- .> task events: {self._events_banner()}\n"
             f" -------------- [queues]\n{queues}\n\n[tasks]\n{tasks}\n"
         )
