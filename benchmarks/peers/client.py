@@ -6,6 +6,10 @@ task, one thread) after one warm-up send, and prints ``{"rate": tasks_per_second
 ``python -m peers.client celeriac batch N`` sends N no-op tasks as one
 ``group(...).apply_async()`` (one batch publish) and prints ``{"rate": ...}``.
 
+``python -m peers.client FRAMEWORK group N`` (celeriac or Celery) runs a group of N
+``add(i, i)`` and waits for all results; ``... chord N`` a chord of N ``add(i, i)`` with a
+``tsum`` body, waiting for its result. Both print ``{"seconds": wall time}``.
+
 ``python -m peers.client FRAMEWORK roundtrip N`` makes N ``add(1, 1)`` calls each waiting
 for its result (after one warm-up call), and prints ``{"latencies": [seconds, ...]}``.
 
@@ -65,8 +69,28 @@ def batch(module: Any, count: int) -> dict[str, Any]:
     return {"rate": count / (time.perf_counter() - started)}
 
 
+def workflow(framework: str, module: Any, action: str, count: int) -> dict[str, Any]:
+    """A group or a chord of ``count`` ``add(i, i)``, timed from sending to its result."""
+    canvas = importlib.import_module("celeriac" if framework == "celeriac" else "celery")
+    assert module.add.delay(1, 1).get(timeout=TIMEOUT) == 2  # the worker is up
+    header = [module.add.s(i, i) for i in range(count)]
+    expected = [2 * i for i in range(count)]
+    started = time.perf_counter()
+    if action == "group":
+        got = canvas.group(header).apply_async().get(timeout=TIMEOUT * 10)
+    else:
+        got = canvas.chord(header)(module.tsum.s()).get(timeout=TIMEOUT * 10)
+        expected = sum(expected)
+    seconds = time.perf_counter() - started
+    if got != expected:
+        raise SystemExit(f"{action} returned a wrong result")
+    return {"seconds": seconds}
+
+
 def main(framework: str, action: str, count: int) -> dict[str, Any]:
     module = importlib.import_module(f"peers.{framework}_app")
+    if action in {"group", "chord"}:
+        return workflow(framework, module, action, count)
     send, call = CALLS[framework](module)
     if action == "batch":
         return batch(module, count)
