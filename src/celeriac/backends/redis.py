@@ -22,9 +22,13 @@ that prefix (followed by ``_`` unless it ends in one of ``:_-.``).
   replaced: field ``n`` counts the replaced values, fields ``1``..``n`` hold them (the
   oldest dropped beyond ``history_limit``), and ``status`` holds the current value's state
   when the script cannot read it from the value (serializers other than JSON and msgpack).
-  A key's current value has ``seq`` ``n + 1``; a key Celery wrote has no history and
-  reads as ``seq`` 1. ``on_message`` waiters read the replaced values from here, so they
-  see every state in order.
+  ``on_message`` waiters read the replaced values from here, so they see every state in
+  order.
+
+A record's ``seq`` packs its position (value ``i`` of the key; the current one is
+``n + 1``) with a CRC-32 of its bytes: ``i << 32 | crc32``. Celery writes in place, with no
+history (a Celery worker storing STARTED then SUCCESS leaves ``n`` at 0), so the checksum
+is what tells a waiter that the value at a position changed.
 
 The store script (``_STORE``) refuses to replace a value whose status is SUCCESS: it reads
 the status from the value itself (``cjson``/``cmsgpack``, both built into Redis) or from
@@ -42,6 +46,7 @@ import math
 import os
 import threading
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -122,8 +127,8 @@ end
 return out
 """
 
-# KEYS: key, history; ARGV: after_seq (-1: the current value only).
-# Returns {} when the key is missing, else {n, [values with seq after_seq+1..n,] current}
+# KEYS: key, history; ARGV: after (-1: the current value only).
+# Returns {} when the key is missing, else {n, [replaced values after+1..n,] current}
 # where a dropped old value reads as false.
 _READ = """
 local value = redis.call('GET', KEYS[1])
@@ -160,6 +165,13 @@ def content_type_of(value: bytes, default: str) -> str:
     if first and (0x81 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
         return _MSGPACK
     return default
+
+
+_CRC_MASK = 0xFFFFFFFF
+
+
+def _seq(position: int, value: bytes) -> int:
+    return position << 32 | zlib.crc32(value)
 
 
 def history_key(key: str) -> str:
@@ -232,8 +244,8 @@ class RedisBackend(ResultBackend):
                 self._listener_pid = os.getpid()
             return self._listener
 
-    def _record(self, seq: int, value: bytes) -> Record:
-        return Record(seq, content_type_of(value, self._content_type), value)
+    def _record(self, position: int, value: bytes) -> Record:
+        return Record(_seq(position, value), content_type_of(value, self._content_type), value)
 
     def _read(self, key: str, after_seq: int) -> list[Any]:
         reply: list[Any] = self._read_script(keys=[key, history_key(key)], args=[after_seq])
@@ -266,7 +278,7 @@ class RedisBackend(ResultBackend):
     def _changed(self, watch: Mapping[str, int]) -> bool:
         replies = self._run(self._read_script, [([k, history_key(k)], [-1]) for k in watch])
         return any(
-            reply and int(reply[0]) + 1 > seen
+            reply and _seq(int(reply[0]) + 1, reply[-1]) != seen
             for reply, seen in zip(replies, watch.values(), strict=True)
         )
 
@@ -278,18 +290,19 @@ class RedisBackend(ResultBackend):
         return self._record(int(reply[0]) + 1, reply[-1])
 
     def _history(self, key: str, after_seq: int) -> list[Record]:
-        reply = self._read(key, max(after_seq, 0))
+        seen_position, seen_crc = after_seq >> 32, after_seq & _CRC_MASK
+        # From the position already seen: its value may have been replaced in place.
+        first = max(seen_position, 1)
+        reply = self._read(key, first - 1)
         if not reply:
             return []
         n = int(reply[0])
-        records = [
-            self._record(seq, value)
-            for seq, value in zip(range(after_seq + 1, n + 1), reply[1:-1], strict=True)
-            if value is not None
+        values = [*zip(range(first, n + 1), reply[1:-1], strict=True), (n + 1, reply[-1])]
+        return [
+            self._record(position, value)
+            for position, value in values
+            if value is not None and (position > seen_position or zlib.crc32(value) != seen_crc)
         ]
-        if n + 1 > after_seq:
-            records.append(self._record(n + 1, reply[-1]))
-        return records
 
     def _store_many(self, writes: Sequence[Write]) -> list[bool]:
         now = time.time()
