@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from celeriac.app.base import Celery
+from celeriac.cli import events as events_commands
 from celeriac.cli.loading import find_app
 
 
@@ -59,6 +60,8 @@ def _app(ctx: click.Context) -> Celery:
 @click.option("--time-limit", type=float, help="Hard time limit in seconds.")
 @click.option("--soft-time-limit", type=float, help="Soft time limit in seconds.")
 @click.option("--purge", is_flag=True, help="Delete waiting messages before starting.")
+@click.option("-E", "--task-events", is_flag=True, help="Send task events (for monitors).")
+@click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats (2).")
 @click.pass_context
 def worker(ctx: click.Context, /, loglevel: str, queues: str | None, **options: Any) -> None:
     """Start a worker."""
@@ -126,3 +129,6 @@ def result(ctx: click.Context, task_id: str, traceback: bool) -> None:
         click.echo(res.traceback)
     else:
         click.echo(f"{state}: {res.result!r}")
+
+
+events_commands.register(main)

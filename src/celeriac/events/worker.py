@@ -167,11 +167,12 @@ class WorkerEvents:
         waited = self._submitted.pop(id(request), None) is not None
         if waited and not outcome.worker_lost and outcome.state != states.REVOKED:
             self._emit("task-started", uuid=request.id)
-        if not (outcome.worker_lost and terminating):  # a cold stop empties the pool's queue
-            self._announce_started()
         event = _outcome_event(request, outcome, terminating)
         if event is not None:
             self._emit(event[0], uuid=request.id, **event[1])
+        # The pool gave this job's slot to the next one before telling us it finished.
+        if not (outcome.worker_lost and terminating):  # a cold stop empties the pool's queue
+            self._announce_started()
 
     def task_revoked(
         self,
