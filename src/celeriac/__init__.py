@@ -9,8 +9,19 @@ from celeriac import states
 from celeriac.app.base import Celery, shared_task
 from celeriac.app.state import get_current_app as _get_current_app
 from celeriac.app.task import Task
-from celeriac.canvas import Signature, signature, subtask
-from celeriac.result import AsyncResult, EagerResult
+from celeriac.canvas import (
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    subtask,
+    xmap,
+    xstarmap,
+)
+from celeriac.result import AsyncResult, EagerResult, GroupResult, ResultSet
 
 __version__ = "0.1.0"
 
@@ -18,13 +29,22 @@ __all__ = [
     "AsyncResult",
     "Celery",
     "EagerResult",
+    "GroupResult",
+    "ResultSet",
     "Signature",
     "Task",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
+    "group",
+    "maybe_signature",
     "shared_task",
     "signature",
     "states",
     "subtask",
+    "xmap",
+    "xstarmap",
 ]
 
 

@@ -222,6 +222,32 @@ class AsyncResult(Generic[R]):
         self._cache = None
         self.backend.forget(self.id)
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Tell the workers not to run this task (``app.control.revoke``).
+
+        Args:
+            connection: A broker connection to use.
+            terminate: Also stop the task if it is running (prefork pool).
+            signal: The signal to stop it with (``SIGTERM`` by default).
+            wait: Wait for the workers' replies (up to ``timeout`` seconds).
+            timeout: See ``wait``.
+        """
+        self.app.control.revoke(
+            self.id,
+            connection=connection,
+            terminate=terminate,
+            signal=signal or "SIGTERM",
+            reply=wait,
+            timeout=timeout,
+        )
+
     def as_tuple(self) -> tuple[Any, ...]:
         """``((id, parent), None)``, Celery's serialized form of a result."""
         parent = self.parent.as_tuple() if self.parent is not None else None

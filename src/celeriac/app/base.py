@@ -45,6 +45,7 @@ from celeriac.utils.url import scheme_of
 if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.backends.rpc import RPCBackend
+    from celeriac.control import Control
     from celeriac.events.app import Events
     from celeriac.events.clock import LamportClock
 
@@ -345,6 +346,13 @@ class Celery:
         if isinstance(backend, RPCBackend) and backend.oid == message.reply_to:
             return backend
         return None
+
+    @functools.cached_property
+    def control(self) -> Control:
+        """Remote control of the workers: ``app.control.ping()``, ``.inspect().active()``."""
+        from celeriac.control import Control
+
+        return Control(self)
 
     @functools.cached_property
     def clock(self) -> LamportClock:

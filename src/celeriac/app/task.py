@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar, cast
 
 from celeriac import states
 from celeriac.app.state import current_request
-from celeriac.canvas import Signature
-from celeriac.exceptions import MaxRetriesExceededError, Retry
+from celeriac.canvas import Signature, chunks, group, maybe_signature, xmap, xstarmap
+from celeriac.exceptions import Ignore, MaxRetriesExceededError, Retry
 from celeriac.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
@@ -329,6 +329,18 @@ class Task(Generic[P, R]):
         """An immutable signature: callbacks do not add the parent's result to its args."""
         return Signature(self, args, kwargs, immutable=True, app=self.app)
 
+    def map(self, it: Iterable[Any]) -> xmap:
+        """``[self(item) for item in it]`` as ONE task (Celery's ``celery.map``)."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> xstarmap:
+        """``[self(*item) for item in it]`` as ONE task (Celery's ``celery.starmap``)."""
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> chunks:
+        """``it`` in parts of ``n`` argument tuples, each part one task, sent as a group."""
+        return chunks(self.s(), it, n, app=self.app)
+
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         """The result of a call of this task by id."""
         return AsyncResult(task_id, app=self.app, task_name=self.name)
@@ -398,6 +410,43 @@ class Task(Generic[P, R]):
         if throw:
             raise retry
         return retry
+
+    def replace(self, sig: Mapping[str, Any]) -> Any:
+        """End this task by handing its place in the workflow to ``sig``.
+
+        ``sig`` runs with this task's id (its result is this task's result), group and
+        chord place, callbacks, errbacks and the rest of its chain. A group is given a
+        body (``celery.accumulate``) that collects its results, so a replaced task's
+        result is the group's list. This run ends here (``Ignore``: nothing is stored for
+        it); eagerly, the replacement runs at once and its value is returned.
+
+        Raises:
+            Ignore: Always, outside eager mode (the worker records nothing for this run).
+        """
+        request = self.request
+        if request.called_directly or request.id is None:
+            raise RuntimeError("replace() can only be called by a running task")
+        replacement = maybe_signature(sig, app=self.app)._copy()
+        if isinstance(replacement, group):
+            replacement = replacement | self.app.tasks["celery.accumulate"].s(index=0)
+        for callback in request.callbacks or ():
+            replacement.link(callback)
+        for errback in request.errbacks or ():
+            replacement.link_error(errback)
+        replacement.freeze(
+            request.id,
+            group_id=request.group,
+            chord=request.chord,
+            root_id=request.root_id,
+            group_index=request.group_index,
+        )
+        if request.is_eager:
+            return replacement.apply().get(disable_sync_subtasks=False)
+        nesting = int((request.headers or {}).get("replaced_task_nesting") or 0) + 1
+        replacement.apply_async(
+            chain=request.chain or None, headers={"replaced_task_nesting": nesting}
+        )
+        raise Ignore("Replaced by new task")
 
     # -- hooks (override in a base class) -------------------------------------------------
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

@@ -4,6 +4,10 @@ Used by every worker pool and by ``Task.apply`` (eager), so a task behaves the s
 wherever it runs. It sets ``self.request``, sends the task signals, applies
 ``autoretry_for``, stores the state and result, and calls the task's hooks, link callbacks
 and errbacks. It never raises: every exception becomes part of the outcome.
+
+Workflows: after a success it sends the next step of the task's chain (the ``chain`` field
+of its message), and a task in a chord header reports to its chord once its outcome is
+stored (``celeriac.app.chords``), success or failure.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
+from celeriac.app.chords import on_chord_part_return
 from celeriac.app.state import current_request
 from celeriac.app.task import Context, Task
 from celeriac.canvas import maybe_signature
@@ -182,10 +187,14 @@ class Tracer:
         self, task: Task[Any, Any], job: Job, request: Context, retval: Any, runtime: float
     ) -> Outcome:
         try:
-            # Callbacks first, as Celery does, so their results are stored as children.
+            # Callbacks and the chain's next step first, as Celery does, so the tasks they
+            # send are stored as this one's children.
             self._send_callbacks(request, retval)
+            self._send_chain(request, retval)
             if self._stores(task, request):
                 task.backend.mark_as_done(job.id, retval, request=self._request_meta(task, request))
+            if request.chord and not self.eager:
+                on_chord_part_return(self.app, request, states.SUCCESS, retval)
             task.on_success(retval, job.id, job.args, job.kwargs)
             signals.task_success.send(sender=task, result=retval)
         except BaseException as exc:
@@ -218,8 +227,10 @@ class Tracer:
                 task.backend.mark_as_failure(
                     job.id, exc, info.traceback, request=self._request_meta(task, request)
                 )
+            if request.chord and not self.eager:
+                on_chord_part_return(self.app, request, states.FAILURE, exc)
             task.on_failure(exc, job.id, job.args, job.kwargs, info)
-            self._send_errbacks(request, exc, info.traceback)
+            call_errbacks(self.app, request, exc, info.traceback, self.eager)
             signals.task_failure.send(
                 sender=task,
                 task_id=job.id,
@@ -279,32 +290,53 @@ class Tracer:
         return Outcome(states.FAILURE, error=exception_info(exc, ""))
 
     # -- links ----------------------------------------------------------------------------
-    def _link_options(self, request: Context) -> dict[str, Any]:
-        return {"parent_id": request.id, "root_id": request.root_id or request.id}
-
     def _send_callbacks(self, request: Context, retval: Any) -> None:
         for callback in request.callbacks or ():
             sig = maybe_signature(callback, app=self.app)
             if self.eager:
                 sig.apply((retval,))
             else:
-                sig.apply_async((retval,), **self._link_options(request))
+                sig.apply_async((retval,), **link_options(request))
 
-    def _send_errbacks(self, request: Context, exc: BaseException, traceback: str) -> None:
-        for errback in request.errbacks or ():
-            sig = maybe_signature(errback, app=self.app)
-            task = self.app.tasks.get(sig.task)
-            try:
-                if task is not None and _takes_request(task):
-                    # Celery's convention: a local errback is called with the failed
-                    # request, the exception and the traceback.
-                    sig(request, exc, traceback)
-                elif self.eager:
-                    sig.apply((request.id,))
-                else:
-                    sig.apply_async((request.id,), **self._link_options(request))
-            except Exception:
-                logger.exception("Errback %r of task %s raised", sig, request.id)
+    def _send_chain(self, request: Context, retval: Any) -> None:
+        """Send the next step of the chain with this result; it carries the remaining steps."""
+        if not request.chain or self.eager:
+            return
+        remaining = list(request.chain)
+        step = maybe_signature(remaining.pop(), app=self.app)
+        step.apply_async((retval,), chain=remaining or None, **link_options(request))
+
+
+def link_options(request: Context) -> dict[str, Any]:
+    """Options of the tasks a task sends when it ends (callbacks, errbacks, next step)."""
+    options = {"parent_id": request.id, "root_id": request.root_id or request.id}
+    priority = (request.delivery_info or {}).get("priority")
+    if priority is not None:
+        options["priority"] = priority
+    return options
+
+
+def call_errbacks(
+    app: Celery, request: Context, exc: BaseException, traceback: str, eager: bool = False
+) -> None:
+    """Run ``request``'s errbacks for ``exc``; an errback that raises is logged and skipped.
+
+    Celery's convention: an errback task taking three arguments is called here with the
+    failed request, the exception and the traceback; any other is sent with the failed
+    task's id.
+    """
+    for errback in request.errbacks or ():
+        sig = maybe_signature(errback, app=app)
+        task = app.tasks.get(sig.task)
+        try:
+            if task is not None and _takes_request(task):
+                sig(request, exc, traceback)
+            elif eager:
+                sig.apply((request.id,))
+            else:
+                sig.apply_async((request.id,), **link_options(request))
+        except Exception:
+            logger.exception("Errback %r of task %s raised", sig, request.id)
 
 
 def _run_coroutine(make: Callable[[], Any]) -> Any:

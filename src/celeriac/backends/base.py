@@ -268,6 +268,20 @@ class ResultBackend(ABC):
         """Delete a saved group."""
         self._delete(self.group_key(group_id))
 
+    # -- append-only logs (the revoked-task record, ``celeriac.control.revoked``) -----------
+    def append_log(self, key: str, entry: Any, expires: float) -> None:
+        """Append ``entry`` to the log at ``key``; the log lives ``expires`` seconds more.
+
+        Built on the history every key keeps, so appends from many processes never lose
+        each other.
+        """
+        content_type, _, body = dumps(entry, self.serializer)
+        self._store_many([Write(key, "LOG", content_type, body, time.time() + expires)])
+
+    def read_log(self, key: str) -> list[Any]:
+        """The entries of the log at ``key``, oldest first (none when missing or expired)."""
+        return [self._decode(record) for record in self._history(key, 0)]
+
     # -- reading ----------------------------------------------------------------------------
     def get_task_meta(self, task_id: str) -> dict[str, Any]:
         """A task's meta; PENDING when nothing is stored. Exception results are rebuilt.

@@ -6,6 +6,7 @@
 | survives the process     | no                                                  |
 | expiry                   | yes: expired keys read as missing, ``cleanup`` drops |
 | waking waiters           | threads (a condition) and event loops, no polling   |
+| chords                   | yes: parts counted under the store's lock            |
 
 Every backend object with the same URL in one process shares one store
 (``memory://a`` and ``cache+memory://a`` are the same store; ``memory://b`` another).
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from celeriac import states
-from celeriac.backends.base import Record, ResultBackend, Write
+from celeriac.backends.base import ChordPart, Record, ResultBackend, Write
 
 
 @dataclass(slots=True)
@@ -32,6 +33,18 @@ class _Entry:
     status: str
     expires_at: float | None
     records: list[Record]  # the history, oldest first; the last is the current value
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(slots=True)
+class _Chord:
+    """A chord's reports so far (by task id, with their arrival), or ``done``."""
+
+    expires_at: float | None
+    parts: dict[str, tuple[int, ChordPart]] = field(default_factory=dict)
+    done: bool = False
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -46,6 +59,7 @@ class _Store:
 
     cond: threading.Condition = field(default_factory=threading.Condition)
     entries: dict[str, _Entry] = field(default_factory=dict)
+    chords: dict[str, _Chord] = field(default_factory=dict)
     loop_waiters: set[_LoopWaiter] = field(default_factory=set)
 
 
@@ -126,6 +140,27 @@ class MemoryBackend(ResultBackend):
                         loop.call_soon_threadsafe(_resolve, future)
         return stored
 
+    def _chord_part(
+        self, group_id: str, part: ChordPart, size: int | None, expires_at: float | None
+    ) -> list[ChordPart] | None:
+        if size is None:
+            raise ValueError(f"chord {group_id}: its body carries no chord_size")
+        now = time.time()
+        with self._state.cond:
+            chords = self._state.chords
+            chord = chords.get(group_id)
+            if chord is None or chord.expired(now):
+                chord = chords[group_id] = _Chord(expires_at)
+            if chord.done or part.task_id in chord.parts:
+                return None
+            chord.parts[part.task_id] = (len(chord.parts), part)
+            chord.expires_at = expires_at
+            if len(chord.parts) < size:
+                return None
+            ordered = sorted(chord.parts.values(), key=lambda item: (item[1].group_index, item[0]))
+            chord.parts, chord.done = {}, True
+        return [stored for _, stored in ordered]
+
     def _delete(self, key: str) -> None:
         with self._state.cond:
             self._state.entries.pop(key, None)
@@ -156,4 +191,7 @@ class MemoryBackend(ResultBackend):
             expired = [key for key, entry in entries.items() if entry.expired(now)]
             for key in expired:
                 del entries[key]
+            chords = self._state.chords
+            for group_id in [gid for gid, chord in chords.items() if chord.expired(now)]:
+                del chords[group_id]
         return len(expired)

@@ -7,6 +7,7 @@
 | expiry                   | yes: expired rows read as missing; ``cleanup`` deletes    |
 | waking waiters           | wake sockets (``wakeup.py``), also across processes       |
 | batched writes           | ``store_many`` is one transaction                         |
+| chords                   | parts counted in one transaction per report               |
 
 The file may be the broker's own: the tables (``results``, ``result_history``, laid out in
 ``transports/sqlite_schema.py``) live beside the broker's, created when the file is opened.
@@ -29,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from celeriac import states
-from celeriac.backends.base import Record, ResultBackend, Write
+from celeriac.backends.base import ChordPart, Record, ResultBackend, Write
 from celeriac.transports.sqlite_db import DEFAULT_LOCK_TIMEOUT, Database, path_from_url
 from celeriac.transports.wakeup import WakeChannel
 
@@ -61,6 +62,41 @@ UNION ALL
 SELECT seq, content_type, value FROM results WHERE key = :key AND seq > :after AND {_LIVE}
 ORDER BY seq
 """
+
+
+_CHORD_DONE = """
+SELECT 1 FROM chords_done WHERE group_id = ? AND (expires_at IS NULL OR expires_at > ?)
+"""
+_CHORD_ADD = """
+INSERT INTO chord_parts (group_id, task_id, idx, content_type, value, expires_at)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, task_id) DO NOTHING
+"""
+_CHORD_PARTS = """
+SELECT task_id, idx, content_type, value FROM chord_parts WHERE group_id = ? ORDER BY idx, rowid
+"""
+
+
+def _add_chord_part(
+    conn: sqlite3.Connection, group_id: str, part: ChordPart, size: int, expires_at: float | None
+) -> list[ChordPart] | None:
+    """One report to a chord, inside the caller's transaction (see ``_chord_part``)."""
+    if conn.execute(_CHORD_DONE, (group_id, time.time())).fetchone() is not None:
+        return None
+    row = (group_id, part.task_id, part.group_index, part.content_type, part.value, expires_at)
+    if conn.execute(_CHORD_ADD, row).rowcount == 0:
+        return None  # This task was counted already (its message was delivered again).
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM chord_parts WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    if count < size:
+        return None
+    rows = conn.execute(_CHORD_PARTS, (group_id,)).fetchall()
+    conn.execute("DELETE FROM chord_parts WHERE group_id = ?", (group_id,))
+    conn.execute(
+        "INSERT OR REPLACE INTO chords_done (group_id, expires_at) VALUES (?, ?)",
+        (group_id, expires_at),
+    )
+    return [ChordPart(task_id, idx, ctype, bytes(value)) for task_id, idx, ctype, value in rows]
 
 
 def _put(conn: sqlite3.Connection, write: Write, now: float) -> bool:
@@ -163,6 +199,13 @@ class SQLiteBackend(ResultBackend):
             self._notify()
         return stored
 
+    def _chord_part(
+        self, group_id: str, part: ChordPart, size: int | None, expires_at: float | None
+    ) -> list[ChordPart] | None:
+        if size is None:
+            raise ValueError(f"chord {group_id}: its body carries no chord_size")
+        return self._db.write(lambda conn: _add_chord_part(conn, group_id, part, size, expires_at))
+
     def _delete(self, key: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM results WHERE key = ?", (key,))
@@ -189,6 +232,8 @@ class SQLiteBackend(ResultBackend):
                 "(SELECT key FROM results WHERE expires_at <= ?)",
                 (moment,),
             )
+            conn.execute("DELETE FROM chord_parts WHERE expires_at <= ?", (moment,))
+            conn.execute("DELETE FROM chords_done WHERE expires_at <= ?", (moment,))
             return conn.execute("DELETE FROM results WHERE expires_at <= ?", (moment,)).rowcount
 
         return self._db.write(work)

@@ -7,22 +7,45 @@ A ``Signature`` is a dict in Celery's form, so it travels in messages unchanged:
 
 Calling it with more arguments makes a partial application: the new positional arguments
 come first (that is how a callback receives its parent's result), unless it is immutable.
+
+Workflows (``chain``, ``group``, ``chord``) are signatures too, told apart by
+``subtask_type``; :func:`from_dict` rebuilds the right class from a dict that arrived in a
+message. A workflow is sent in two steps: ``freeze`` gives every task its id and its place
+(group, chord), so the results exist before anything is sent; ``_calls`` lists the task
+messages that start it, which go to the broker in one publish.
 """
 
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
     from celeriac.app.task import Task
-    from celeriac.result import AsyncResult
+    from celeriac.result import AnyResult, AsyncResult, EagerResult
 
 R = TypeVar("R")
 
 SIGNATURE_KEYS = ("task", "args", "kwargs", "options", "subtask_type", "immutable")
+
+#: ``subtask_type`` -> class, filled in by the workflow modules (chain, group, chord).
+SIGNATURE_TYPES: dict[str, type[Signature[Any]]] = {}
+
+#: Options that give a task its place in a workflow (set by ``freeze``, never overridden
+#: by a call's options: that would detach it from the group or chord waiting for it).
+MEMBERSHIP_OPTIONS = ("group_id", "group_index", "chord")
+
+
+class Call(NamedTuple):
+    """One task message a signature sends: what ``Celery.send_many`` takes."""
+
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
 
 
 class Signature(dict[str, Any], Generic[R]):
@@ -42,11 +65,8 @@ class Signature(dict[str, Any], Generic[R]):
         self._app = app
         if isinstance(task, Mapping):
             super().__init__(copy.deepcopy(dict(task)))
-            self.setdefault("args", [])
-            self.setdefault("kwargs", {})
-            self.setdefault("options", {})
-            self.setdefault("subtask_type", None)
-            self.setdefault("immutable", False)
+            self._set_defaults()
+            self._adopt()
             return
         name = task if isinstance(task, str) else task.name
         if not isinstance(task, str) and app is None:
@@ -64,6 +84,25 @@ class Signature(dict[str, Any], Generic[R]):
             immutable=immutable,
             **extra,
         )
+
+    def _set_defaults(self) -> None:
+        self.setdefault("args", [])
+        self.setdefault("kwargs", {})
+        self.setdefault("options", {})
+        self.setdefault("subtask_type", None)
+        self.setdefault("immutable", False)
+
+    def _adopt(self) -> None:
+        """Turn nested signature dicts (a workflow's members) into signatures."""
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any], app: Celery | None) -> Signature[Any]:
+        sig = cls.__new__(cls)
+        sig._app = app
+        dict.__init__(sig, data)
+        sig._set_defaults()
+        sig._adopt()
+        return sig
 
     # -- fields ---------------------------------------------------------------------------
     @property
@@ -85,8 +124,15 @@ class Signature(dict[str, Any], Generic[R]):
 
     @property
     def options(self) -> dict[str, Any]:
-        """Calling options (queue, countdown, link...)."""
-        return dict(self["options"])
+        """Calling options (queue, countdown, link...): the signature's own dict."""
+        options: dict[str, Any] = self["options"]
+        return options
+
+    @property
+    def subtask_type(self) -> str | None:
+        """None for a task; ``chain``, ``group`` or ``chord`` for a workflow."""
+        value = self.get("subtask_type")
+        return str(value) if value is not None else None
 
     @property
     def immutable(self) -> bool:
@@ -119,29 +165,65 @@ class Signature(dict[str, Any], Generic[R]):
         return task
 
     # -- building -------------------------------------------------------------------------
+    def _copy(self) -> Signature[R]:
+        """A copy whose args, kwargs and options (and members) can change independently."""
+        sig = type(self)._from_dict(
+            {
+                **self,
+                "args": list(self["args"]),
+                "kwargs": dict(self["kwargs"]),
+                "options": dict(self["options"]),
+            },
+            self._app,
+        )
+        return sig
+
     def clone(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **opts: Any,
     ) -> Signature[R]:
-        """A copy with ``args`` prepended, ``kwargs`` and options merged (unless immutable)."""
-        sig: Signature[R] = Signature(dict(self), app=self._app)
+        """A copy with ``args`` prepended, ``kwargs`` and options merged (unless immutable).
+
+        Options override the signature's own, except those giving it its place in a group
+        or chord (``group_id``...), which stay as frozen.
+        """
+        sig = self._copy()
         if not self.immutable:
             if args:
                 sig["args"] = [*args, *sig["args"]]
             if kwargs:
                 sig["kwargs"] = {**sig["kwargs"], **kwargs}
         if opts:
-            sig["options"] = {**sig["options"], **opts}
+            own = sig["options"]
+            own.update(
+                {k: v for k, v in opts.items() if k not in MEMBERSHIP_OPTIONS or k not in own}
+            )
         return sig
 
     partial = clone
 
+    def replace(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Signature[R]:
+        """A copy with its args, kwargs or options replaced (those given)."""
+        sig = self._copy()
+        if args is not None:
+            sig["args"] = list(args)
+        if kwargs is not None:
+            sig["kwargs"] = dict(kwargs)
+        if options is not None:
+            sig["options"] = dict(options)
+        return sig
+
     def set(self, immutable: bool | None = None, **options: Any) -> Signature[R]:
         """Set calling options in place; returns the signature."""
         if immutable is not None:
-            self["immutable"] = immutable
+            self.set_immutable(immutable)
         self["options"].update(options)
         return self
 
@@ -157,6 +239,11 @@ class Signature(dict[str, Any], Generic[R]):
         """Add an errback run when this task fails; returns the errback."""
         return self._append_option("link_error", errback)
 
+    def on_error(self, errback: Mapping[str, Any]) -> Signature[R]:
+        """``link_error`` that returns this signature, to keep building: ``s.on_error(e)``."""
+        self.link_error(errback)
+        return self
+
     def _append_option(self, key: str, value: Mapping[str, Any]) -> Signature[Any]:
         sig = maybe_signature(value, app=self._app)
         links = list(self["options"].get(key) or [])
@@ -165,17 +252,60 @@ class Signature(dict[str, Any], Generic[R]):
         self["options"][key] = links
         return sig
 
-    def freeze(self, _id: str | None = None) -> AsyncResult[R]:
-        """Fix the task id now, so the result can be referred to before sending."""
-        import uuid
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Mapping[str, Any] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> AsyncResult[R]:
+        """Fix the task id (and its place in a group or chord) before sending.
 
+        The result can then be handed out (or waited for) before the task is sent. An id
+        fixed earlier is kept.
+        """
         from celeriac.result import AsyncResult
 
-        task_id = _id or self.id or str(uuid.uuid4())
-        self["options"]["task_id"] = task_id
+        options = self["options"]
+        task_id = options.get("task_id") or _id or str(uuid.uuid4())
+        options["task_id"] = task_id
+        if root_id:
+            options["root_id"] = root_id
+        if parent_id:
+            options["parent_id"] = parent_id
+        if group_id and "group_id" not in options:
+            options["group_id"] = group_id
+        if chord:
+            options["chord"] = chord
+        if group_index is not None:
+            options["group_index"] = group_index
         return AsyncResult(task_id, app=self.app, task_name=self.task)
 
+    def __or__(self, other: Any) -> Any:
+        """``a | b``: a chain (a group or chord on the right joins it as one step)."""
+        from celeriac.canvas.chain import chain
+
+        if isinstance(other, Signature):
+            return chain(self, other, app=self._app)
+        return NotImplemented
+
+    def __ior__(self, other: Any) -> Any:  # ``sig |= other``: a chain, not a dict merge
+        return self.__or__(other)
+
     # -- calling --------------------------------------------------------------------------
+    def _calls(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: dict[str, Any]
+    ) -> list[Call]:
+        """The task messages that start this signature (one, for a task), not yet sent."""
+        sig = self.clone(args, kwargs, **options)
+        task = self.app.tasks.get(sig.task)
+        if task is None:
+            return [Call(sig.task, sig["args"], sig["kwargs"], sig["options"])]
+        args_list, kwargs_dict, merged = task._call_options(sig["args"], sig["kwargs"], sig.options)
+        return [Call(task.name, args_list, kwargs_dict, merged)]
+
     def apply_async(
         self,
         args: Sequence[Any] | None = None,
@@ -187,24 +317,44 @@ class Signature(dict[str, Any], Generic[R]):
         app = self.app
         task = app.tasks.get(sig.task)
         if task is not None:
-            result: AsyncResult[R] = task.apply_async(sig["args"], sig["kwargs"], **sig["options"])
+            result: AsyncResult[R] = task.apply_async(sig["args"], sig["kwargs"], **sig.options)
             return result
-        return app.send_task(sig.task, sig["args"], sig["kwargs"], **sig["options"])
+        return app.send_task(sig.task, sig["args"], sig["kwargs"], **sig.options)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """``apply_async`` for asyncio code: the broker I/O does not block the loop."""
+        sig = self.clone(args, kwargs, **options)
+        app = self.app
+        task = app.tasks.get(sig.task)
+        if task is not None:
+            sent: AsyncResult[R] = await task.aapply_async(
+                sig["args"], sig["kwargs"], **sig.options
+            )
+            return sent
+        return await app.asend_task(sig.task, sig["args"], sig["kwargs"], **sig.options)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """``apply_async`` with positional and keyword arguments."""
         return self.apply_async(args, kwargs)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
+        """``delay`` for asyncio code."""
+        return await self.aapply_async(args, kwargs)
 
     def apply(
         self,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **opts: Any,
-    ) -> AsyncResult[R]:
+    ) -> EagerResult[R]:
         """Run the task here and now; returns an eager result."""
         sig = self.clone(args, kwargs, **opts)
-        result: AsyncResult[R] = self.type.apply(sig["args"], sig["kwargs"], **sig["options"])
-        return result
+        return self.type.apply(sig["args"], sig["kwargs"], **sig.options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Call the task function in this process (no message is sent)."""
@@ -217,8 +367,131 @@ class Signature(dict[str, Any], Generic[R]):
         )
         return f"{self.task}({args}){'!' if self.immutable else ''}"
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature[R]:
+        sig = type(self)._from_dict(copy.deepcopy(dict(self), memo), self._app)
+        return sig
+
     def __reduce__(self) -> Any:
-        return (Signature, (dict(self),))
+        return (from_dict, (dict(self),))
+
+
+class Workflow(Signature[R]):
+    """A signature of several tasks (chain, group, chord): sent with one publish.
+
+    Subclasses fill in ``freeze`` (ids and places for every task), ``_calls`` (the
+    messages that start the workflow), ``_copy`` (copying their members too) and
+    ``apply`` (running it here, eagerly).
+    """
+
+    subtask_type_name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.subtask_type_name:
+            SIGNATURE_TYPES[cls.subtask_type_name] = cls
+
+    def _start(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: dict[str, Any]
+    ) -> tuple[Any, list[Call]]:
+        sig = self._copy()
+        result = sig.freeze(
+            options.pop("task_id", None),
+            group_id=options.pop("group_id", None),
+            chord=options.pop("chord", None),
+            root_id=options.get("root_id"),
+            parent_id=options.get("parent_id"),
+            group_index=options.pop("group_index", None),
+        )
+        return result, sig._calls(args, kwargs, options)
+
+    def apply_async(  # type: ignore[override]  # a group's result is a GroupResult
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AnyResult:
+        """Send the workflow: every task that starts it, in one publish.
+
+        Returns the result of what finishes it (a chain's last task, a chord's body, a
+        group's ``GroupResult``), linked to the earlier ones through ``parent``.
+        """
+        app = self.app
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        adds_to_parent = options.pop("add_to_parent", True)
+        result, calls = self._start(args, kwargs, options)
+        app.send_many(calls)
+        if adds_to_parent:
+            _add_to_parent(result)
+        return result  # type: ignore[no-any-return]
+
+    async def aapply_async(  # type: ignore[override]  # a group's result is a GroupResult
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AnyResult:
+        """``apply_async`` for asyncio code: the broker I/O does not block the loop."""
+        app = self.app
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        adds_to_parent = options.pop("add_to_parent", True)
+        result, calls = self._start(args, kwargs, options)
+        await app.asend_many(calls)
+        if adds_to_parent:
+            _add_to_parent(result)
+        return result  # type: ignore[no-any-return]
+
+    def _own_args(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The call's partial arguments before the workflow's own (unless immutable)."""
+        own_args, own_kwargs = list(self["args"]), dict(self["kwargs"].get("kwargs") or {})
+        if self.immutable:
+            return own_args, own_kwargs
+        return [*(args or ()), *own_args], {**own_kwargs, **(kwargs or {})}
+
+    def _sending_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The workflow's own calling options (``.set(queue=...)``) under the call's."""
+        skip = ("task_id", "link", "link_error", *MEMBERSHIP_OPTIONS)
+        own = {k: v for k, v in self["options"].items() if k not in skip}
+        return {**own, **options}
+
+    def delay(self, *args: Any, **kwargs: Any) -> AnyResult:  # type: ignore[override]
+        """``apply_async`` with positional and keyword arguments."""
+        return self.apply_async(args, kwargs)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AnyResult:  # type: ignore[override]
+        """``delay`` for asyncio code."""
+        return await self.aapply_async(args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Send the workflow (as Celery does when a workflow is called)."""
+        return self.apply_async(args, kwargs)
+
+
+def _add_to_parent(result: AnyResult) -> None:
+    """Record a workflow sent from inside a task among that task's children."""
+    from celeriac.app.state import current_request
+
+    parent = current_request.get()
+    if parent is not None and parent.id and not parent.called_directly:
+        parent.children.append(result)
+
+
+def from_dict(data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
+    """The signature (of the right class: chain, group...) for a dict in Celery's form."""
+    cls = SIGNATURE_TYPES.get(str(data.get("subtask_type")), Signature)
+    return cls._from_dict(data, app)
+
+
+def as_member(value: Any, app: Celery | None) -> Signature[Any]:
+    """A workflow member as a signature, without copying it (the caller owns the data)."""
+    if isinstance(value, Signature):
+        return value
+    if isinstance(value, Mapping) and "task" in value:
+        return from_dict(value, app)
+    raise TypeError(f"expected a signature (or its dict form), got {value!r}")
 
 
 def signature(
@@ -232,6 +505,8 @@ def signature(
     """A signature from a task name, a task, a dict in Celery's form, or a signature."""
     if isinstance(varies, Signature):
         return varies.clone()
+    if isinstance(varies, Mapping):
+        return from_dict(copy.deepcopy(dict(varies)), app)
     immutable = bool(extra.pop("immutable", False))
     return Signature(varies, args, kwargs, options, immutable=immutable, app=app, **extra)
 
@@ -240,7 +515,7 @@ subtask = signature
 
 
 def maybe_signature(value: Any, app: Celery | None = None) -> Signature[Any]:
-    """``value`` as a signature (a dict in Celery's form is converted).
+    """``value`` as a signature (a dict in Celery's form is converted, with its class).
 
     Raises:
         TypeError: ``value`` is neither a signature nor a mapping with a ``task`` key.
@@ -248,8 +523,11 @@ def maybe_signature(value: Any, app: Celery | None = None) -> Signature[Any]:
     if isinstance(value, Signature):
         return value
     if isinstance(value, Mapping) and "task" in value:
-        return Signature(value, app=app)
+        return from_dict(copy.deepcopy(dict(value)), app)
     raise TypeError(f"expected a signature (or its dict form), got {value!r}")
+
+
+maybe_subtask = maybe_signature
 
 
 def signatures(values: Any, app: Celery | None = None) -> list[Signature[Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from celeriac.app.base import Celery
+from celeriac.cli import control as control_commands
 from celeriac.cli import events as events_commands
 from celeriac.cli.loading import find_app
 
@@ -131,4 +132,5 @@ def result(ctx: click.Context, task_id: str, traceback: bool) -> None:
         click.echo(f"{state}: {res.result!r}")
 
 
+control_commands.register(main)
 events_commands.register(main)

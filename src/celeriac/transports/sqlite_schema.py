@@ -23,6 +23,12 @@ What lives where:
 - ``result_history``: every value a key had before its current one, by ``seq``, so a client
   waiting with ``on_message`` sees each state even when several arrive between two of its
   reads (a result stored once costs a single INSERT: its history stays empty).
+- ``chord_parts``: the reports of a chord's header tasks not yet complete, one row per
+  header task (``UNIQUE (group_id, task_id)``, so a redelivered task is counted once);
+  ``value`` is Celery's encoded ``[1, task_id, state, result]``, ``idx`` the task's
+  ``group_index``. The report that completes a chord takes every row and deletes them.
+- ``chords_done``: chords whose body was sent (or which failed), until they expire, so a
+  header task redelivered after that is not counted again.
 
 The partial index ``messages_ready`` keeps fetch cost independent of queue depth: the next
 messages of a queue are found by walking the index, priority first, then arrival order.
@@ -33,7 +39,7 @@ queues nobody consumes (delay queues dead-lettering on TTL) still expire on time
 from __future__ import annotations
 
 #: Bumped when the layout changes incompatibly (stored in ``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = (
     "exchanges",
@@ -44,6 +50,8 @@ TABLES = (
     "topology",
     "results",
     "result_history",
+    "chord_parts",
+    "chords_done",
 )
 #: Indexes, which ``sqlite_master`` lists beside the tables.
 INDEXES = (
@@ -53,6 +61,7 @@ INDEXES = (
     "messages_expiring",
     "messages_deferred",
     "results_expires",
+    "chord_parts_expiring",
 )
 
 SCHEMA = """
@@ -125,5 +134,20 @@ CREATE TABLE IF NOT EXISTS result_history (
     content_type TEXT NOT NULL,
     value        BLOB NOT NULL,
     PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chord_parts (
+    group_id     TEXT NOT NULL,
+    task_id      TEXT NOT NULL,
+    idx          INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    value        BLOB NOT NULL,
+    expires_at   REAL,
+    UNIQUE (group_id, task_id)
+);
+CREATE INDEX IF NOT EXISTS chord_parts_expiring
+    ON chord_parts(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chords_done (
+    group_id   TEXT PRIMARY KEY,
+    expires_at REAL
 ) WITHOUT ROWID;
 """

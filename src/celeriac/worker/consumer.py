@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
+from celeriac.control.revoked import RevokedSet
 from celeriac.events.worker import WorkerEvents
 from celeriac.exceptions import WorkerLostError
 from celeriac.messaging.consumer import Consumer
@@ -81,6 +83,11 @@ class TaskConsumer:
         self.processed = 0
         self.events = WorkerEvents(app, self.connection, pool, hostname, lambda: self.processed)
         self.held: dict[str, tuple[Request, asyncio.TimerHandle]] = {}
+        #: For remote control: ids not to run, the requests given to the pool (by id) and
+        #: how many tasks of each name were given to it.
+        self.revoked = RevokedSet()
+        self.requests: dict[str, Request] = {}
+        self.totals: Counter[str] = Counter()
         self._acks: list[Message] = []
         self._requeues: list[Message] = []
         self._rejects: list[Message] = []
@@ -204,8 +211,9 @@ class TaskConsumer:
         logger.info("Task %s[%s] received", request.name, request.id)
         signals.task_received.send(sender=self, request=request)
         now = datetime.now(UTC)
-        if request.expired(now):
-            self._spawn(self._revoke_expired(request))
+        expired = request.expired(now)
+        if expired or request.id in self.revoked:
+            self._spawn(self._revoke(request, expired=expired))
             return
         self.events.task_received(request)
         delay = request.eta_delay(now)
@@ -244,9 +252,10 @@ class TaskConsumer:
 
     def _admit(self, request: Request) -> None:
         """Start ``request`` now, or later when its task's rate limit says so."""
-        if request.expired(datetime.now(UTC)):  # it may have expired while held
+        expired = request.expired(datetime.now(UTC))  # it may have expired while held
+        if expired or request.id in self.revoked:  # ...or been revoked
             self.in_flight -= 1
-            self._spawn(self._revoke_expired(request))
+            self._spawn(self._revoke(request, expired=expired))
             return
         wait = self.rate_limits.delay(request.task.name, request.task.rate_limit)
         if wait > 0:
@@ -256,9 +265,21 @@ class TaskConsumer:
             return
         if not request.acks_late:
             self._acks.append(request.message)
+        self.requests[request.id] = request
+        self.totals[request.task.name] += 1
         future = self.pool.submit(request.job)
         self.events.task_submitted(request)
         future.add_done_callback(lambda f: self._finished(request, f.result()))
+
+    def revoke_held(self, task_id: str) -> bool:
+        """Drop a held (ETA or rate-limited) task that was revoked; False if not held."""
+        held = self.held.pop(task_id, None)
+        if held is None:
+            return False
+        request, timer = held
+        timer.cancel()
+        self._spawn(self._revoke(request))
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -273,7 +294,12 @@ class TaskConsumer:
         could not store (a killed process, a time limit) needs a coroutine.
         """
         self.events.task_finished(request, outcome, self.terminating)
+        self.requests.pop(request.id, None)
+        signum = self.revoked.pop_terminated(request.id)
         try:
+            if outcome.state == states.REVOKED or (signum is not None and outcome.worker_lost):
+                self._spawn(self._revoke_finished(request, signum))
+                return
             if self._must_record(request, outcome):
                 self._spawn(self._record_then_settle(request, outcome))
                 return
@@ -333,14 +359,34 @@ class TaskConsumer:
         traceback = info.traceback if info is not None else None
         await self.connection.arun(self.app.backend.mark_as_failure, request.id, exc, traceback)
 
-    async def _revoke_expired(self, request: Request) -> None:
-        logger.info("Discarding expired task %s[%s]", request.name, request.id)
-        self.events.task_revoked(request.id, expired=True)
-        await self.connection.arun(self.app.backend.mark_as_revoked, request.id, "expired")
+    async def _revoke(
+        self, request: Request, *, expired: bool = False, signum: int | None = None
+    ) -> None:
+        """Record a task that will not run (expired, revoked) or was stopped (``signum``)
+        as REVOKED, and ack its message."""
+        reason = "expired" if expired else "revoked" if signum is None else "terminated"
+        logger.info("Discarding %s task %s[%s]", reason, request.name, request.id)
+        self.events.task_revoked(request.id, signum is not None, signum, expired)
+        await self.connection.arun(self.app.backend.mark_as_revoked, request.id, reason)
         signals.task_revoked.send(
-            sender=request.task, request=request, terminated=False, signum=None, expired=True
+            sender=request.task,
+            request=request,
+            terminated=signum is not None,
+            signum=signum,
+            expired=expired,
         )
-        self._acks.append(request.message)
+        message = request.message
+        if not message.acknowledged and message not in self._acks:
+            self._acks.append(message)
+
+    async def _revoke_finished(self, request: Request, signum: int | None) -> None:
+        """``_revoke`` for a task the pool had: dropped before it started, or stopped."""
+        try:
+            await self._revoke(request, signum=signum)
+        except Exception:
+            logger.exception("Settling revoked task %s[%s] failed", request.name, request.id)
+        finally:
+            self._done()
 
     async def _dead_letter(self, message: Message, bad: BadMessage) -> None:
         queue_name = self.app.conf.task_dead_letter_queue

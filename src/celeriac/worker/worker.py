@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -28,6 +29,7 @@ from celeriac.messaging.entities import Queue
 from celeriac.transports.sqlite_db import path_from_url
 from celeriac.utils.url import mask_password, scheme_of
 from celeriac.worker.consumer import TaskConsumer
+from celeriac.worker.pidbox import PidboxNode
 from celeriac.worker.pools import pool_class
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class Worker:
         self.queues = self._queues(opts.queues)
         self.consumer: TaskConsumer | None = None
         self.pool: Pool | None = None
+        self.pidbox: PidboxNode | None = None
         self._stop_requests = 0
         self._stop: asyncio.Event | None = None  # made on the worker's loop
         self._cold = False
@@ -144,6 +147,10 @@ class Worker:
             purged = await self.consumer.connection.arun(self._purge)
             logger.warning("Purged %d message(s) from %d queue(s)", purged, len(self.queues))
         await self.consumer.start()
+        if self.app.conf.worker_enable_remote_control:
+            # Before fetching: it also loads the revokes made while no worker listened.
+            self.pidbox = PidboxNode(self)
+            await self.pidbox.start()
         await self._start_events()
         self._install_signal_handlers(loop)
         print(self.banner(), flush=True)
@@ -203,9 +210,13 @@ class Worker:
             self._terminating = asyncio.ensure_future(self.pool.terminate())
 
     def stop(self, cold: bool = False) -> None:
-        """Ask the worker to shut down, from any thread (warm unless ``cold``)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.request_stop, cold)
+        """Ask the worker to shut down, from any thread (warm unless ``cold``).
+
+        A worker that already stopped (its loop is closed) is left as it is.
+        """
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # it closed just now
+                self._loop.call_soon_threadsafe(self.request_stop, cold)
 
     async def _shutdown(self, fetching: asyncio.Future[Any]) -> None:
         assert self.consumer is not None and self.pool is not None
@@ -215,6 +226,8 @@ class Worker:
             await self.pool.terminate()
         else:
             await self.pool.join()
+        if self.pidbox is not None:
+            await self.pidbox.stop()
         await self.consumer.events.stop()  # worker-offline, and the last task events
         await self.consumer.shutdown()
         signals.worker_shutdown.send(sender=self)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from celeriac.exceptions import ImproperlyConfigured, SoftTimeLimitExceeded
 from celeriac.worker.job import ExceptionInfo, Job, Outcome
@@ -79,6 +80,7 @@ class Pool(ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: deque[tuple[Job, asyncio.Future[Outcome]]] = deque()
         self._running: dict[asyncio.Future[Outcome], Job] = {}
+        self._started: dict[asyncio.Future[Outcome], float] = {}  # wall-clock start times
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._warned: set[str] = set()
@@ -113,6 +115,9 @@ class Pool(ABC):
     def _idle_slots(self) -> int:
         """How many jobs could start this instant, ignoring the queue."""
         return self.concurrency - len(self._running)
+
+    def _resized(self) -> None:  # noqa: B027 - most pools need only the new concurrency
+        """Adapt the pool's resources after ``concurrency`` changed (``resize``)."""
 
     # -- the contract -----------------------------------------------------------------------
 
@@ -174,6 +179,63 @@ class Pool(ABC):
         if self._idle is not None:
             self._idle.set()
 
+    # -- what remote control asks of a pool (inspect, revoke, pool_grow/shrink) -----------
+
+    def running(self) -> list[tuple[Job, float]]:
+        """The jobs running now, each with when it started (``time.time()``)."""
+        return [(job, self._started.get(future, 0.0)) for future, job in self._running.items()]
+
+    def job_pid(self, job_id: str) -> int | None:
+        """The process running job ``job_id`` (this one, except in prefork); None if none."""
+        running = any(job.id == job_id for job in self._running.values())
+        return os.getpid() if running else None
+
+    def discard(self, job_id: str, outcome: Outcome) -> bool:
+        """Drop job ``job_id`` if it waits for a slot; its future resolves with ``outcome``."""
+        for item in self._waiting:
+            job, future = item
+            if job.id == job_id and not future.done():
+                self._waiting.remove(item)
+                self._resolve(future, outcome)
+                self._check_idle()
+                return True
+        return False
+
+    def terminate_job(self, job_id: str, signum: int) -> bool:
+        """Stop running job ``job_id`` with ``signum``; False when this pool cannot.
+
+        Only processes can be stopped from outside: the prefork pool signals the child
+        running the job. A thread or a task sharing the worker's process cannot be.
+        """
+        return False
+
+    def resize(self, concurrency: int) -> int:
+        """Run up to ``concurrency`` jobs at once from now on (at least 1); returns it.
+
+        Running jobs are never stopped: a smaller pool takes effect as they finish.
+
+        Raises:
+            ImproperlyConfigured: This pool cannot run more than ``max_concurrency``.
+        """
+        ceiling = self.max_concurrency
+        if ceiling is not None and concurrency > ceiling:
+            raise ImproperlyConfigured(
+                f"The {type(self).__name__} runs at most {ceiling} job(s) at once"
+            )
+        self.concurrency = max(1, concurrency)
+        self._resized()
+        self._dispatch()
+        return self.concurrency
+
+    def info(self) -> dict[str, Any]:
+        """The pool as ``inspect stats`` shows it (Celery's keys)."""
+        return {
+            "implementation": f"{type(self).__module__}:{type(self).__name__}",
+            "max-concurrency": self.concurrency,
+            "processes": [os.getpid()],
+            "max-tasks-per-child": self.max_tasks_per_child or "N/A",
+        }
+
     # -- shared machinery -------------------------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -183,12 +245,14 @@ class Pool(ABC):
             if future.done():
                 continue
             self._running[future] = job
+            self._started[future] = time.time()
             self._start_job(job, future)
         self._check_idle()
 
     def _finish(self, future: asyncio.Future[Outcome], outcome: Outcome) -> None:
         """Record that a job ended: free its slot, resolve its future, start the next."""
         self._running.pop(future, None)
+        self._started.pop(future, None)
         self._resolve(future, outcome)
         self._dispatch()
 

@@ -34,7 +34,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from celeriac.exceptions import WorkerLostError
 from celeriac.worker.job import Job, Outcome
@@ -171,6 +171,48 @@ class PreforkPool(Pool):
     def _idle_slots(self) -> int:
         return sum(child.idle for child in self._children.values())
 
+    def _live(self) -> int:
+        """Children that are not on their way out."""
+        return sum(not child.retiring for child in self._children.values())
+
+    # -- remote control ---------------------------------------------------------------------
+
+    def _child_running(self, job_id: str) -> _Child | None:
+        return next((c for c in self._children.values() if c.job and c.job.id == job_id), None)
+
+    def job_pid(self, job_id: str) -> int | None:
+        child = self._child_running(job_id)
+        return child.pid if child is not None else None
+
+    def terminate_job(self, job_id: str, signum: int) -> bool:
+        child = self._child_running(job_id)
+        if child is None:
+            return False
+        logger.info("Terminating job %s: signal %d to pool child %d", job_id, signum, child.pid)
+        # Unreaped, the child cannot vanish (or its pid be reused) under us.
+        os.kill(child.pid, signum)
+        return True
+
+    def _resized(self) -> None:
+        if self._stopping:
+            return
+        while self._live() < self.concurrency:
+            self._spawn()
+        for child in list(self._children.values()):
+            if self._live() <= self.concurrency:
+                break
+            if child.idle:
+                self._retire(child)
+        # Busy children beyond the new size retire when their job ends (``_on_frame``).
+
+    def _retire(self, child: _Child) -> None:
+        child.retiring = True
+        if child.channel is not None:
+            child.channel.send(dumps(None))
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "processes": self.child_pids}
+
     # -- life cycle -------------------------------------------------------------------------
 
     async def _open(self) -> None:
@@ -280,6 +322,8 @@ class PreforkPool(Pool):
             self._dispatch()
         elif message[0] == OUTCOME:
             child.retiring = message[2]
+            if not child.retiring and self._live() > self.concurrency:
+                self._retire(child)  # the pool was shrunk while this child was busy
             self._job_ended(child, message[1])
 
     def _check_started(self) -> None:
@@ -317,7 +361,7 @@ class PreforkPool(Pool):
             self._job_ended(child, outcome)
         if not child.ready:
             self._on_early_exit(child, how)
-        elif not self._stopping:
+        elif not self._stopping and self._live() < self.concurrency:
             self._spawn()
         if not self._children:
             self._gone.set()

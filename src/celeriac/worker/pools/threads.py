@@ -32,6 +32,16 @@ class ThreadPool(Pool):
             self.concurrency, thread_name_prefix="celeriac-job"
         )
 
+    def _resized(self) -> None:
+        # An executor cannot change size: new jobs go to a new one, and the old one's
+        # threads finish the jobs they run, then end.
+        old, self._executor = self._executor, None
+        if old is not None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix="celeriac-job"
+            )
+            old.shutdown(wait=False)
+
     def _start_job(self, job: Job, future: asyncio.Future[Outcome]) -> None:
         assert self._executor is not None
         if job.time_limit or job.soft_time_limit:

@@ -1,0 +1,92 @@
+"""Workflow fixtures: e2e stacks (app, tasks, workers) with the workflow tasks added.
+
+Stacks come from ``tests/e2e/e2e_support.py``; each also gets ``stack.wf``, the tasks of
+``workflow_tasks``. A prefork worker (a subprocess) loads a ``proj.py`` written here that
+registers the same tasks. The broker and pool matter for the end-to-end tests (messages
+crossing processes, chord parts counted from several workers), so those run over memory
+and SQLite with the threads pool and SQLite with prefork; behaviour no broker changes
+runs on one stack.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from e2e_support import Stack, stack_id
+from workflow_tasks import define_workflow_tasks
+
+from celeriac import Celery
+
+#: (transport, pool) pairs the end-to-end workflow tests run on.
+WORKFLOW_STACKS = [("memory", "threads"), ("sqlite", "threads"), ("sqlite", "prefork")]
+THREADS_STACKS = [("memory", "threads"), ("sqlite", "threads")]
+
+PROJ = """\
+from pathlib import Path
+
+from e2e_tasks import make_app
+from workflow_tasks import define_workflow_tasks
+
+from celeriac.signals import worker_ready
+
+WORKDIR = Path({workdir!r})
+app, tasks = make_app({url!r}, WORKDIR)
+wf = define_workflow_tasks(app, WORKDIR)
+
+
+@worker_ready.connect
+def announce(**_):
+    (WORKDIR / "worker.ready").touch()
+"""
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Build stacks with the workflow tasks in this test's directory; closed afterwards."""
+    stacks: list[Stack] = []
+
+    def make(transport: str, pool: str, **settings: Any) -> Stack:
+        stack = Stack(transport, pool, tmp_path, **settings)
+        stack.wf = define_workflow_tasks(stack.app, tmp_path)
+        (tmp_path / "proj.py").write_text(PROJ.format(workdir=str(tmp_path), url=stack.url))
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
+
+
+@pytest.fixture(params=WORKFLOW_STACKS, ids=stack_id)
+def stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    """Memory and SQLite with the threads pool, SQLite with prefork."""
+    return make_stack(*request.param)
+
+
+@pytest.fixture(params=THREADS_STACKS, ids=stack_id)
+def threads_stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    """Memory and SQLite with the threads pool (in this process)."""
+    return make_stack(*request.param)
+
+
+@pytest.fixture
+def memory_stack(make_stack: Callable[..., Stack]) -> Stack:
+    """The memory broker with the threads pool: for behaviour no broker changes."""
+    return make_stack("memory", "threads")
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    """An app on a private in-memory broker and backend, with no worker."""
+    url = f"memory://{uuid.uuid4().hex}"
+    application = Celery("wf", broker=url, backend=url, set_as_current=False)
+    yield application
+    application.close()
