@@ -74,6 +74,8 @@ REAP_INTERVAL = 1.0
 SWEEP_INTERVAL = 0.1
 #: Dead-letter hops within one call before a message is dropped (a dead-letter cycle).
 MAX_DEAD_LETTER_HOPS = 8
+#: Failed publish replies reported on close before giving up on the rest.
+MAX_OUTSTANDING_ERRORS = 100
 
 _FETCH, _STORE, _ACK = Script.of(lua.FETCH), Script.of(lua.STORE), Script.of(lua.ACK)
 _REQUEUE, _DEFER, _RECOVER = Script.of(lua.REQUEUE), Script.of(lua.DEFER), Script.of(lua.RECOVER)
@@ -116,6 +118,34 @@ def _binding_field(exchange: str, queue: str, binding: Binding) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _Orphanage:
+    """Unconfirmed publishes of closed sessions, per broker, for the next session to send.
+
+    A producer's retry policy resets its connection after an error; publishes sent but not
+    confirmed before that must not vanish with the old session.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batches: dict[tuple[str, str], list[Sequence[Outgoing]]] = {}
+        self.waiting = False
+
+    def give(self, key: tuple[str, str], batches: Sequence[Sequence[Outgoing]]) -> None:
+        if batches:
+            with self._lock:
+                self._batches.setdefault(key, []).extend(batches)
+                self.waiting = True
+
+    def take(self, key: tuple[str, str]) -> list[Sequence[Outgoing]]:
+        with self._lock:
+            batches = self._batches.pop(key, [])
+            self.waiting = bool(self._batches)
+            return batches
+
+
+_orphans = _Orphanage()
 
 
 @dataclass(slots=True)
@@ -193,6 +223,7 @@ class RedisTransport(Transport):
         super().__init__(url, options)
         self.settings = RedisSettings.parse(url, self.options)
         self._p = self.settings.prefix
+        self._orphan_key = (self.settings.url, self._p)
         self._link = Link(self.settings.pool())
         self._topology = _Topology()
         self._ops = threading.RLock()  # fetch/settle/recover see one consistent ``_held``
@@ -403,6 +434,8 @@ class RedisTransport(Transport):
         return _Dying(queue, tag, envelope, exchange, key, reason, expiring)
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
+        if _orphans.waiting:
+            self._adopt_orphans()
         build = partial(self._batch_of, messages)
         topo = self._topology_now()
         exchanges = topo.exchanges
@@ -418,7 +451,17 @@ class RedisTransport(Transport):
             # -1: routed with stale bindings, nothing was stored: route again.
             self._dead_letter(self._store(build) if reply == -1 else self._victims(reply))
 
-        self._link.send(_STORE, self._store_args(topo, build(topo), ()), on_reply)
+        self._link.send(_STORE, self._store_args(topo, build(topo), ()), on_reply, messages)
+
+    def _adopt_orphans(self) -> None:
+        """Send again what a closed session to this broker could not confirm."""
+        batches = _orphans.take(self._orphan_key)
+        for i, messages in enumerate(batches):
+            try:
+                self.publish(messages)
+            except BaseException:
+                _orphans.give(self._orphan_key, batches[i:])
+                raise
 
     def _dead_letter(self, dying: list[_Dying]) -> None:
         """Remove ``dying`` (leased here) and store their dead-letter copies, atomically."""
@@ -665,16 +708,7 @@ class RedisTransport(Transport):
             session, self._session = self._session, None
             if thread is not None:
                 thread.stop()
-            try:
-                self._link.flush()
-            except Exception as exc:
-                count = self._link.forget_unconfirmed()
-                logger.warning(
-                    "%d publish(es) to %s were not confirmed before closing: %r",
-                    count,
-                    mask_password(self.url),
-                    exc,
-                )
+            self._flush_on_close()
             if session is not None and self._session_pid == os.getpid():
                 try:
                     self._link.call(_CLOSE, [self._p, session])
@@ -688,3 +722,23 @@ class RedisTransport(Transport):
                     )
             self._held.clear()
             self._link.close()
+
+    def _flush_on_close(self) -> None:
+        """Confirm outstanding publishes; hand what cannot be confirmed to the next session."""
+        for _ in range(MAX_OUTSTANDING_ERRORS):
+            try:
+                self._link.flush()
+                return
+            except CONNECTION_ERRORS as exc:
+                batches = self._link.forget_unconfirmed()
+                _orphans.give(self._orphan_key, batches)
+                logger.warning(
+                    "%d publish(es) to %s were not confirmed before closing (%r); the next "
+                    "connection to it in this process sends them again",
+                    len(batches),
+                    mask_password(self.url),
+                    exc,
+                )
+                return
+            except Exception:  # one publish failed (its reply was an error): go on
+                logger.exception("A publish to %s failed", mask_password(self.url))

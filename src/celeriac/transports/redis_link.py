@@ -174,6 +174,7 @@ class _Outstanding:
     script: Script
     args: Args
     on_reply: ReplyHandler
+    context: Any  # what the sender needs to send it again elsewhere
 
 
 class Link:
@@ -215,8 +216,11 @@ class Link:
                 self.flush()
             return self._run(script, args)
 
-    def send(self, script: Script, args: Args, on_reply: ReplyHandler) -> None:
-        """Send ``script`` now; ``on_reply`` gets its reply later (before the next call)."""
+    def send(self, script: Script, args: Args, on_reply: ReplyHandler, context: Any = None) -> None:
+        """Send ``script`` now; ``on_reply`` gets its reply later (before the next call).
+
+        ``context`` is kept with it, for ``forget_unconfirmed``.
+        """
         with self._lock:
             if self._unconfirmed or self._replied:
                 self.flush()
@@ -225,9 +229,13 @@ class Link:
             except CONNECTION_ERRORS:
                 self._lost()
                 raise
-            self._outstanding.append(_Outstanding(script, args, on_reply))
+            self._outstanding.append(_Outstanding(script, args, on_reply, context))
             if len(self._outstanding) >= MAX_OUTSTANDING:
-                self.flush()
+                try:
+                    self.flush()
+                except CONNECTION_ERRORS as exc:
+                    # This one was sent: it is kept, and sent again by the next call.
+                    logger.debug("reading publish replies failed (%s); will send again", exc)
 
     def flush(self) -> None:
         """Handle every outstanding reply, re-sending first what a lost connection left.
@@ -301,16 +309,16 @@ class Link:
         if self._conn is not None:
             self._conn.disconnect()
 
-    def forget_unconfirmed(self) -> int:
-        """Give up on publishes whose outcome is unknown; returns how many."""
+    def forget_unconfirmed(self) -> list[Any]:
+        """Give up on publishes whose outcome is unknown; returns their contexts."""
         with self._lock:
-            count = self.unconfirmed
+            items = [*self._outstanding, *(item for item, _ in self._replied), *self._unconfirmed]
             self._outstanding.clear()
             self._replied.clear()
             self._unconfirmed.clear()
-            if count and self._conn is not None:
+            if items and self._conn is not None:
                 self._conn.disconnect()  # replies may still be on their way
-            return count
+            return [item.context for item in items]
 
     @property
     def unconfirmed(self) -> int:

@@ -1,0 +1,335 @@
+"""The Redis broker across processes: crashes, stopped processes, ETA, a server restart."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celeriac.messaging import Connection, Message, Queue
+from celeriac.testing import in_ci, service_url
+from celeriac.transports.redis import RedisTransport
+
+# The `spawn` fixture lives in tests/conftest.py.
+Spawn = Callable[..., subprocess.Popen[str]]
+SHARED_URL = "redis://127.0.0.1:6379/15"
+
+
+def delete_keys(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def url() -> str:
+    return service_url(SHARED_URL)
+
+
+@pytest.fixture
+def prefix(url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}:"
+    yield name
+    delete_keys(url, name)
+
+
+def fetch_all(conn: Connection, queue: Queue, count: int, timeout: float = 10.0) -> list[Message]:
+    consumer = conn.Consumer(queue, prefetch_count=0)
+    consumer.consume()
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        batch = consumer.fetch()
+        if not batch:
+            conn.transport.wait(0.2)
+        got.extend(batch)
+    return got
+
+
+HOLDER = """
+import sys, time
+from celeriac.messaging import Connection, Queue
+options = {
+    "global_keyprefix": sys.argv[2],
+    "heartbeat_interval": 0.2,
+    "connection_lost_timeout": float(sys.argv[4]),
+    "lease_timeout": float(sys.argv[5]),
+}
+conn = Connection(sys.argv[1], options)
+consumer = conn.Consumer(Queue("work"), prefetch_count=0)
+consumer.consume()
+held = []
+while len(held) < int(sys.argv[3]):
+    held.extend(consumer.fetch())
+print("holding", len(held), flush=True)
+time.sleep(60)
+"""
+
+
+def start_holder(spawn: Spawn, url: str, prefix: str, count: int, lost: float, lease: float):
+    holder = spawn(HOLDER, url, prefix, str(count), str(lost), str(lease))
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == f"holding {count}"
+    return holder
+
+
+def test_messages_held_by_a_sigkilled_consumer_are_redelivered_to_another(
+    url: str, prefix: str, spawn: Spawn
+) -> None:
+    queue = Queue("work")
+    options = {"global_keyprefix": prefix}
+    with Connection(url, options) as conn:
+        producer = conn.Producer()
+        for i in range(50):
+            producer.publish({"n": i}, "work", declare=[queue])
+    # A long lease: the messages come back because the dead process's connections closed.
+    holder = start_holder(spawn, url, prefix, 50, lost=1.0, lease=30.0)
+    with Connection(url, options) as conn:
+        assert conn.transport.queue_length("work") == 0
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        started = time.monotonic()
+        got = fetch_all(conn, queue, 50)
+        assert time.monotonic() - started < 5.0
+        assert sorted(m.decode()["n"] for m in got) == list(range(50))
+        assert all(m.redelivered for m in got)
+        for m in got:
+            m.ack()
+        assert conn.transport.queue_length("work") == 0
+
+
+def test_a_live_consumer_keeps_its_messages_past_its_lease_timeout(
+    url: str, prefix: str
+) -> None:
+    queue = Queue("work")
+    options = {
+        "global_keyprefix": prefix,
+        "heartbeat_interval": 0.1,
+        "connection_lost_timeout": 0.3,
+        "lease_timeout": 0.5,
+    }
+    with Connection(url, options) as holder, Connection(url, options) as other:
+        holder.Producer().publish("long task", "work", declare=[queue])
+        (held,) = fetch_all(holder, queue, 1)
+        time.sleep(1.5)  # three lease timeouts, while the holder's heartbeat runs
+        other_consumer = other.Consumer(queue)
+        other_consumer.consume()
+        assert other_consumer.fetch() == []
+        held.ack()
+        assert other.transport.queue_length("work") == 0
+
+
+def test_a_stopped_process_loses_its_messages_once_its_lease_runs_out(
+    url: str, prefix: str, spawn: Spawn
+) -> None:
+    queue = Queue("work")
+    options = {"global_keyprefix": prefix}
+    with Connection(url, options) as conn:
+        conn.Producer().publish({"n": 1}, "work", declare=[queue])
+    holder = start_holder(spawn, url, prefix, 1, lost=0.5, lease=1.0)
+    holder.send_signal(signal.SIGSTOP)  # alive, connections open, but its heartbeat stops
+    try:
+        with Connection(url, options) as conn:
+            started = time.monotonic()
+            (message,) = fetch_all(conn, queue, 1)
+            assert message.redelivered
+            assert time.monotonic() - started > 0.5  # not before the lease ran out
+            message.ack()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+
+
+def test_a_deferred_message_wakes_a_waiting_consumer_when_it_is_due(
+    url: str, prefix: str
+) -> None:
+    queue = Queue("work")
+    options = {"global_keyprefix": prefix}
+    received: list[float] = []
+    with Connection(url, options) as deferrer, Connection(url, options) as waiter:
+        deferrer.Producer().publish("eta task", "work", declare=[queue])
+        (message,) = fetch_all(deferrer, queue, 1)
+        consumer = waiter.Consumer(queue, callbacks=[lambda _b, m: received.append(time.time())])
+        with consumer:
+            with pytest.raises(TimeoutError):
+                waiter.drain_events(timeout=0.05)  # subscribed, found nothing, waiting
+            due = time.time() + 0.6
+            deferrer.transport.defer([(message.delivery_tag, due)])
+            assert deferrer.transport.queue_length("work") == 1
+            waiter.drain_events(timeout=5)
+    assert due <= received[0] < due + 0.3
+
+
+def test_a_waiting_consumer_uses_almost_no_cpu(url: str, prefix: str) -> None:
+    with (
+        Connection(url, {"global_keyprefix": prefix}) as conn,
+        conn.Consumer(Queue("idle"), callbacks=[lambda body, message: None]),
+    ):
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.1)  # connected and subscribed
+        started = time.process_time()
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=2.0)
+        used = time.process_time() - started
+    assert used < 0.1, f"an idle consumer used {used:.3f}s of CPU in 2s"
+
+
+# -- a private server, restarted ----------------------------------------------------------
+class PrivateRedis:
+    """A redis-server of this test's own, with an append-only file in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            reason = "redis-server is not installed"
+            if in_ci():
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        self.binary = binary
+        self.directory = directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--appendonly", "yes",
+                "--dir", str(self.directory),
+                "--save", "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # a clean shutdown, the AOF synced
+            self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+RETRY_FOREVER = {"max_retries": None, "interval_start": 0.05, "interval_step": 0.05,
+                 "interval_max": 0.2}  # fmt: skip
+
+
+@pytest.mark.parametrize("confirm_publish", [False, True], ids=["unconfirmed", "confirmed"])
+def test_a_redis_restart_loses_no_returned_publish_and_consuming_resumes(
+    private_redis: PrivateRedis, confirm_publish: bool
+) -> None:
+    queue = Queue("work")
+    options: dict[str, Any] = {"confirm_publish": confirm_publish}
+    published: list[int] = []
+    consumed: dict[int, float] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def publish() -> None:
+        with Connection(private_redis.url, options) as conn:
+            producer = conn.Producer()
+            n = 0
+            while not stop.is_set():
+                producer.publish(
+                    {"n": n}, "work", declare=[queue], retry=True, retry_policy=RETRY_FOREVER
+                )
+                published.append(n)
+                n += 1
+                time.sleep(0.002)
+
+    def consume() -> None:
+        def on_message(body: Any, message: Message) -> None:
+            consumed.setdefault(body["n"], time.monotonic())
+            try:
+                message.ack()
+            except RedisTransport.recoverable_errors:
+                pass  # still leased to this live session: never delivered elsewhere
+
+        with Connection(private_redis.url, options) as conn:
+            conn.declare(queue)
+            with conn.Consumer(queue, callbacks=[on_message], prefetch_count=50):
+                while not stop.is_set() or len(consumed) < len(set(published)):
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        if stop.is_set() and time.monotonic() > give_up:
+                            return
+                    except RedisTransport.recoverable_errors:
+                        time.sleep(0.05)  # the transport reconnects on its next call
+
+    def run(target: Callable[[], None]) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported by the test thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=guarded, daemon=True)
+        thread.start()
+        return thread
+
+    give_up = float("inf")
+    threads = [run(publish), run(consume)]
+    deadline = time.monotonic() + 10
+    while len(consumed) < 100:
+        assert time.monotonic() < deadline and not errors, errors
+        time.sleep(0.01)
+    private_redis.stop()
+    time.sleep(0.3)  # the publisher retries, the consumer waits
+    private_redis.start()
+    restarted = time.monotonic()
+    before = len(published)
+    while not any(when > restarted for when in consumed.values()):
+        assert time.monotonic() - restarted < 5.0, "consuming did not resume within 5 s"
+        assert not errors, errors
+        time.sleep(0.01)
+    while len(published) < before + 100:
+        assert time.monotonic() - restarted < 10.0 and not errors, errors
+        time.sleep(0.01)
+    stop.set()
+    give_up = time.monotonic() + 10
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not errors, errors
+    missing = set(published) - set(consumed)
+    assert not missing, f"{len(missing)} returned publishes were never consumed"
