@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -113,9 +114,7 @@ def test_messages_held_by_a_sigkilled_consumer_are_redelivered_to_another(
         assert conn.transport.queue_length("work") == 0
 
 
-def test_a_live_consumer_keeps_its_messages_past_its_lease_timeout(
-    url: str, prefix: str
-) -> None:
+def test_a_live_consumer_keeps_its_messages_past_its_lease_timeout(url: str, prefix: str) -> None:
     queue = Queue("work")
     options = {
         "global_keyprefix": prefix,
@@ -155,9 +154,7 @@ def test_a_stopped_process_loses_its_messages_once_its_lease_runs_out(
         holder.wait(timeout=10)
 
 
-def test_a_deferred_message_wakes_a_waiting_consumer_when_it_is_due(
-    url: str, prefix: str
-) -> None:
+def test_a_deferred_message_wakes_a_waiting_consumer_when_it_is_due(url: str, prefix: str) -> None:
     queue = Queue("work")
     options = {"global_keyprefix": prefix}
     received: list[float] = []
@@ -254,82 +251,102 @@ RETRY_FOREVER = {"max_retries": None, "interval_start": 0.05, "interval_step": 0
                  "interval_max": 0.2}  # fmt: skip
 
 
-@pytest.mark.parametrize("confirm_publish", [False, True], ids=["unconfirmed", "confirmed"])
-def test_a_redis_restart_loses_no_returned_publish_and_consuming_resumes(
-    private_redis: PrivateRedis, confirm_publish: bool
-) -> None:
-    queue = Queue("work")
-    options: dict[str, Any] = {"confirm_publish": confirm_publish}
-    published: list[int] = []
-    consumed: dict[int, float] = {}
-    stop = threading.Event()
-    errors: list[BaseException] = []
+class Traffic:
+    """A publishing thread and a consuming thread on one broker, each with its own connection.
 
-    def publish() -> None:
-        with Connection(private_redis.url, options) as conn:
-            producer = conn.Producer()
-            n = 0
-            while not stop.is_set():
-                producer.publish(
-                    {"n": n}, "work", declare=[queue], retry=True, retry_policy=RETRY_FOREVER
-                )
-                published.append(n)
-                n += 1
-                time.sleep(0.002)
+    The publisher retries forever (as a producer with a retry policy does); the consumer
+    carries on after connection errors. ``published`` lists every publish that returned;
+    ``consumed`` maps each message received to when it first was.
+    """
 
-    def consume() -> None:
-        def on_message(body: Any, message: Message) -> None:
-            consumed.setdefault(body["n"], time.monotonic())
-            try:
-                message.ack()
-            except RedisTransport.recoverable_errors:
-                pass  # still leased to this live session: never delivered elsewhere
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self.url, self.options = url, options
+        self.queue = Queue("work")
+        self.published: list[int] = []
+        self.consumed: dict[int, float] = {}
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.give_up = float("inf")
+        self.threads = [self._run(self._publish), self._run(self._consume)]
 
-        with Connection(private_redis.url, options) as conn:
-            conn.declare(queue)
-            with conn.Consumer(queue, callbacks=[on_message], prefetch_count=50):
-                while not stop.is_set() or len(consumed) < len(set(published)):
-                    try:
-                        conn.drain_events(timeout=0.2)
-                    except TimeoutError:
-                        if stop.is_set() and time.monotonic() > give_up:
-                            return
-                    except RedisTransport.recoverable_errors:
-                        time.sleep(0.05)  # the transport reconnects on its next call
-
-    def run(target: Callable[[], None]) -> threading.Thread:
+    def _run(self, target: Callable[[], None]) -> threading.Thread:
         def guarded() -> None:
             try:
                 target()
             except BaseException as exc:  # reported by the test thread
-                errors.append(exc)
+                self.errors.append(exc)
 
         thread = threading.Thread(target=guarded, daemon=True)
         thread.start()
         return thread
 
-    give_up = float("inf")
-    threads = [run(publish), run(consume)]
-    deadline = time.monotonic() + 10
-    while len(consumed) < 100:
-        assert time.monotonic() < deadline and not errors, errors
-        time.sleep(0.01)
+    def _publish(self) -> None:
+        with Connection(self.url, self.options) as conn:
+            producer = conn.Producer()
+            n = 0
+            while not self.stop.is_set():
+                producer.publish(
+                    {"n": n}, "work", declare=[self.queue], retry=True, retry_policy=RETRY_FOREVER
+                )
+                self.published.append(n)
+                n += 1
+                time.sleep(0.002)
+
+    def _received(self, body: Any, message: Message) -> None:
+        self.consumed.setdefault(body["n"], time.monotonic())
+        # If the ack fails, the message stays leased to this live session: not lost.
+        with contextlib.suppress(*RedisTransport.recoverable_errors):
+            message.ack()
+
+    def _consume(self) -> None:
+        with Connection(self.url, self.options) as conn:
+            conn.declare(self.queue)
+            with conn.Consumer(self.queue, callbacks=[self._received], prefetch_count=50):
+                while not self.stop.is_set() or not self.all_consumed():
+                    if time.monotonic() > self.give_up:
+                        return
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        pass
+                    except RedisTransport.recoverable_errors:
+                        time.sleep(0.05)  # the transport reconnects on its next call
+
+    def all_consumed(self) -> bool:
+        return set(self.published) <= set(self.consumed)
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, f"{what} within {timeout} s"
+            time.sleep(0.01)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.give_up = time.monotonic() + 10
+        for thread in self.threads:
+            thread.join(timeout=20)
+        assert not self.errors, self.errors
+
+
+@pytest.mark.parametrize("confirm_publish", [False, True], ids=["unconfirmed", "confirmed"])
+def test_a_redis_restart_loses_no_returned_publish_and_consuming_resumes(
+    private_redis: PrivateRedis, confirm_publish: bool
+) -> None:
+    traffic = Traffic(private_redis.url, {"confirm_publish": confirm_publish})
+    traffic.wait_for(lambda: len(traffic.consumed) >= 100, 10, "100 messages consumed")
     private_redis.stop()
     time.sleep(0.3)  # the publisher retries, the consumer waits
     private_redis.start()
     restarted = time.monotonic()
-    before = len(published)
-    while not any(when > restarted for when in consumed.values()):
-        assert time.monotonic() - restarted < 5.0, "consuming did not resume within 5 s"
-        assert not errors, errors
-        time.sleep(0.01)
-    while len(published) < before + 100:
-        assert time.monotonic() - restarted < 10.0 and not errors, errors
-        time.sleep(0.01)
-    stop.set()
-    give_up = time.monotonic() + 10
-    for thread in threads:
-        thread.join(timeout=20)
-    assert not errors, errors
-    missing = set(published) - set(consumed)
+    traffic.wait_for(
+        lambda: any(when > restarted for when in list(traffic.consumed.values())),
+        5,
+        "consuming resumed",
+    )
+    before = len(traffic.published)
+    traffic.wait_for(lambda: len(traffic.published) >= before + 100, 10, "publishing resumed")
+    traffic.finish()
+    missing = set(traffic.published) - set(traffic.consumed)
     assert not missing, f"{len(missing)} returned publishes were never consumed"
