@@ -23,6 +23,7 @@ from celeriac.testing.contract import TransportContract
 BROKERS: dict[str, Callable[[Path], str]] = {
     "memory": lambda _tmp: f"memory://{uuid.uuid4().hex}",
     "sqlite": lambda tmp: f"sqlite:///{tmp / 'broker.db'}",
+    "amqp": lambda _tmp: service_url("amqp://guest:guest@127.0.0.1:5672//"),
     "redis": lambda _tmp: service_url("redis://127.0.0.1:6379/15"),
 }
 

@@ -79,6 +79,7 @@ class Consumer:
         if not self.active:
             self.channel.consumers.append(self)
             self.active = True
+            self._tell_window(self._window())
         return self
 
     def cancel(self) -> None:
@@ -86,6 +87,7 @@ class Consumer:
         if self.active:
             self.channel.consumers.remove(self)
             self.active = False
+            self._tell_window(0)
 
     def __enter__(self) -> Consumer:
         return self.consume()
@@ -98,6 +100,8 @@ class Consumer:
         if self.active and self.auto_declare:
             self.connection.declare(queue)
         self.queues.append(queue)
+        if self.active:
+            self._tell_window(self._window(), [queue])
 
     def register_callback(self, callback: MessageCallback) -> None:
         """Add a ``callback(body, message)``."""
@@ -108,11 +112,22 @@ class Consumer:
         if prefetch_count < 0:
             raise ValueError("prefetch_count must not be negative")
         self.prefetch_count = prefetch_count
+        if self.active:
+            self._tell_window(prefetch_count)
+
+    def _window(self) -> int:
+        return self.channel.prefetch_count if self.prefetch_count is None else self.prefetch_count
+
+    def _tell_window(self, window: int, queues: Sequence[Queue] | None = None) -> None:
+        """Tell the transport this consumer's window (a push transport consumes with it)."""
+        names = [q.name for q in (self.queues if queues is None else queues)]
+        if names and (window or self.connection.connected):
+            self.connection.transport.qos(names, window)
 
     # -- fetching -------------------------------------------------------------------------
     def capacity(self) -> int:
         """How many more messages this consumer may hold unacked right now."""
-        window = self.channel.prefetch_count if self.prefetch_count is None else self.prefetch_count
+        window = self._window()
         if not self.active or not self.queues:
             return 0
         if window == 0:

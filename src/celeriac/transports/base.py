@@ -227,6 +227,14 @@ class Transport(ABC):
         """Asynchronous ``wait``; the default parks a worker thread in ``wait``."""
         await asyncio.to_thread(self.wait, timeout)
 
+    def qos(self, queues: Sequence[str], prefetch_count: int) -> None:  # noqa: B027
+        """Hear the window of the consumer of ``queues``: most unacked messages it holds.
+
+        0 means no window: the consumer asks for what it wants through ``fetch``. A push
+        transport (AMQP) consumes ``queues`` with this prefetch so the broker sends ahead;
+        pull transports need nothing (the default does nothing).
+        """
+
     def wake(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Make a pending ``wait`` of this session return early (used on shutdown)."""
 
