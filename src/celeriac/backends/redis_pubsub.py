@@ -301,13 +301,19 @@ class Listener:
                 self._sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
                 continue
-            pause = 0.05
             self.connections += 1
             try:
                 self._serve(conn)
+                pause = 0.05
             except (OSError, ConnectionError) as exc:
                 if not self._closed:
                     logger.warning("Lost the Redis result notifications (%s); reconnecting", exc)
+                pause = 0.05
+            except Exception:
+                # Not a network failure (a bug, a protocol error): start afresh, not too fast.
+                logger.exception("Redis result notifications failed; reconnecting")
+                self._sleep(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
             finally:
                 conn.close()
                 with self._lock:

@@ -266,7 +266,7 @@ class RPCBackend(ResultBackend):
             receiver.stop()
         if connections is not None:
             connections.close()
-        self._local.cleanup(float("inf"))
+        self._local.cleanup(float("inf"))  # Drops what it holds (all of it, with expiry on).
         self._local.close()
 
 
