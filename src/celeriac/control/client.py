@@ -51,6 +51,9 @@ DEFAULT_TIMEOUT = 1.0
 #: transports (SQLite's may miss a reply queue made a moment ago): a short wait keeps a
 #: missed one from costing the whole timeout.
 REPLY_POLL = 0.05
+#: Replies taken at once. A window also makes push transports (RabbitMQ) consume the
+#: auto-delete reply queue with one standing consumer for the whole call.
+REPLY_PREFETCH = 64
 #: Celery's default signal for ``revoke(terminate=True)``.
 TERM_SIGNAME = "SIGTERM"
 
@@ -153,7 +156,11 @@ class Control:
         if call.reply_queue is None:
             return None
         return Consumer(
-            conn, call.reply_queue, accept=self.mailbox.accept, no_ack=True, prefetch_count=0
+            conn,
+            call.reply_queue,
+            accept=self.mailbox.accept,
+            no_ack=True,
+            prefetch_count=REPLY_PREFETCH,
         )
 
     def _accept(self, message: Message, call: _Call, replies: list[Reply]) -> None:

@@ -34,6 +34,9 @@ logger = logging.getLogger("celeriac.worker")
 IDLE_WAIT = 1.0
 #: Longest pause between attempts while the broker cannot be reached.
 MAX_PAUSE = 2.0
+#: Requests taken at once. A window also makes push transports (RabbitMQ) keep one
+#: standing consumer on the queue: an auto-delete queue goes when its last consumer does.
+PREFETCH = 10
 
 
 class PidboxNode:
@@ -51,7 +54,7 @@ class PidboxNode:
             self.mailbox.node_queue(self.hostname),
             accept=self.mailbox.accept,
             no_ack=True,
-            prefetch_count=0,
+            prefetch_count=PREFETCH,
             on_decode_error=self._undecodable,
         )
         self._stopping = False
