@@ -70,14 +70,15 @@ def on_chord_part_return(app: Celery, request: Context, state: str, result: Any)
 def chord_error(app: Celery, callback: Signature[Any], exc: ChordError) -> None:
     """Fail a chord's body with ``exc`` (it will not run) and run the body's errbacks.
 
-    Every task the body would have run is stored as failed, so whoever waits on any of
-    them (the chord's result, a chain's step after it) gets the error.
+    Every task the body would have run is stored as failed (the rest of a chain after
+    the chord too), so whoever waits on any of them gets the error instead of waiting for
+    ever.
     """
     from celeriac.app.trace import call_errbacks
 
-    task_ids = _task_ids(callback)
+    ids = task_ids(callback)
     request = Context(
-        id=callback.id or (task_ids[-1] if task_ids else None),
+        id=callback.id or (ids[-1] if ids else None),
         task=callback.task,
         args=callback.args,
         kwargs=callback.kwargs,
@@ -87,19 +88,28 @@ def chord_error(app: Celery, callback: Signature[Any], exc: ChordError) -> None:
         children=[],
     )
     try:
-        app.backend.store_many([(task_id, exc, states.FAILURE, None, None) for task_id in task_ids])
+        app.backend.store_many([(task_id, exc, states.FAILURE, None, None) for task_id in ids])
     except Exception:
         logger.exception("Recording the failure of chord body %s failed", request.id)
     call_errbacks(app, request, exc, "")
 
 
-def _task_ids(sig: Signature[Any]) -> list[str]:
-    """The ids of every task ``sig`` would run (frozen signatures have them)."""
+def task_ids(sig: Signature[Any]) -> list[str]:
+    """The ids of every task ``sig`` would run, the rest of a chain it carries included.
+
+    Frozen signatures (every one a workflow sent) have them; a step without an id counts
+    for nothing.
+    """
+    ids: list[str] = []
     if isinstance(sig, group | chain):
-        return [task_id for task in sig.tasks for task_id in _task_ids(task)]
-    if isinstance(sig, chord):
-        return [*_task_ids(sig.tasks), *_task_ids(sig.body)]
-    return [sig.id] if sig.id else []
+        ids = [task_id for task in sig.tasks for task_id in task_ids(task)]
+    elif isinstance(sig, chord):
+        ids = [*task_ids(sig.tasks), *task_ids(sig.body)]
+    elif sig.id:
+        ids = [sig.id]
+    for step in sig.options.get("chain") or ():
+        ids.extend(task_ids(maybe_signature(step, app=sig._app)))
+    return ids
 
 
 def _errbacks(sig: Signature[Any]) -> list[Any]:

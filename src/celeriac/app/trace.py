@@ -6,8 +6,9 @@ wherever it runs. It sets ``self.request``, sends the task signals, applies
 and errbacks. It never raises: every exception becomes part of the outcome.
 
 Workflows: after a success it sends the next step of the task's chain (the ``chain`` field
-of its message), and a task in a chord header reports to its chord once its outcome is
-stored (``celeriac.app.chords``), success or failure.
+of its message); after a failure it stores that failure for the chain's later steps, which
+will not run. A task in a chord header reports to its chord once its outcome is stored
+(``celeriac.app.chords``), success or failure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
-from celeriac.app.chords import on_chord_part_return
+from celeriac.app.chords import on_chord_part_return, task_ids
 from celeriac.app.state import current_request
 from celeriac.app.task import Context, Task
 from celeriac.canvas import maybe_signature
@@ -227,6 +228,8 @@ class Tracer:
                 task.backend.mark_as_failure(
                     job.id, exc, info.traceback, request=self._request_meta(task, request)
                 )
+            if request.chain and not self.eager:
+                self._fail_rest_of_chain(request, exc, info.traceback)
             if request.chord and not self.eager:
                 on_chord_part_return(self.app, request, states.FAILURE, exc)
             task.on_failure(exc, job.id, job.args, job.kwargs, info)
@@ -305,6 +308,21 @@ class Tracer:
         remaining = list(request.chain)
         step = maybe_signature(remaining.pop(), app=self.app)
         step.apply_async((retval,), chain=remaining or None, **link_options(request))
+
+    def _fail_rest_of_chain(self, request: Context, exc: BaseException, traceback: str) -> None:
+        """The chain stops here: its later steps are stored with this failure.
+
+        (Celery leaves them PENDING, so waiting on a chain's result would never end.)
+        """
+        ids = [
+            task_id
+            for step in request.chain or ()
+            for task_id in task_ids(maybe_signature(step, app=self.app))
+        ]
+        if ids:
+            self.app.backend.store_many(
+                [(task_id, exc, states.FAILURE, traceback, None) for task_id in ids]
+            )
 
 
 def link_options(request: Context) -> dict[str, Any]:
