@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ CONNECTION_ERRORS: Final = (
 )
 #: Unconfirmed publishes outstanding before their replies are read.
 MAX_OUTSTANDING = 256
+#: How soon the background flusher reads the replies of unconfirmed publishes.
+FLUSH_DELAY = 0.01
+#: Longest pause between its attempts while Redis is unreachable.
+FLUSH_MAX_BACKOFF = 1.0
 
 Args = Sequence[str | bytes | int | float]
 ReplyHandler = Callable[[Any], None]
@@ -188,6 +193,7 @@ class Link:
         #: Sent, reply not read yet (in order).
         self._outstanding: deque[_Outstanding] = deque()
         self._handling = False
+        self._backoff = 0.0
         #: Replied to, reply not handled yet.
         self._replied: list[tuple[_Outstanding, Any]] = []
         #: Sent on a connection that was lost before the reply came: to send again.
@@ -230,6 +236,7 @@ class Link:
                 self._lost()
                 raise
             self._outstanding.append(_Outstanding(script, args, on_reply, context))
+            _flusher.schedule(self, FLUSH_DELAY)
             if len(self._outstanding) >= MAX_OUTSTANDING:
                 try:
                     self.flush()
@@ -325,11 +332,79 @@ class Link:
         """Publishes sent whose outcome is not known yet."""
         return len(self._outstanding) + len(self._replied) + len(self._unconfirmed)
 
+    def flush_later(self) -> None:
+        """The flusher's turn: confirm what is outstanding, or try again later."""
+        with self._lock:
+            try:
+                self.flush()
+                self._backoff = 0.0
+            except CONNECTION_ERRORS as exc:
+                self._backoff = min(max(self._backoff * 2, FLUSH_DELAY), FLUSH_MAX_BACKOFF)
+                logger.debug("confirming publishes failed (%s); trying again", exc)
+            except Exception:  # a publish failed on the server: say so, go on with the rest
+                logger.exception("A publish to Redis failed")
+            if self.unconfirmed:
+                _flusher.schedule(self, self._backoff or FLUSH_DELAY)
+
     def close(self) -> None:
         """Drop the connection (call ``flush`` first to keep outstanding publishes)."""
+        _flusher.cancel(self)
         with self._lock:
             if self._conn is not None:
                 self._conn.disconnect()
                 self._pool.release(self._conn)
                 self._conn = None
             self._pool.disconnect()
+
+
+class _Flusher:
+    """One daemon thread reading the replies of every link's unconfirmed publishes.
+
+    A publish that is not confirmed returns at once; its reply must still be read soon,
+    even if the publisher makes no further call: a stale-topology reply means the message
+    is to be routed again, and a lost connection means it is to be sent again once Redis
+    is back.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[Link, float] = {}
+        self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # The child has no flusher thread, and the parent's links are not its own.
+        self._cond = threading.Condition()
+        self._due = {}
+        self._thread = None
+
+    def schedule(self, link: Link, delay: float) -> None:
+        with self._cond:
+            if link not in self._due:
+                self._due[link] = time.monotonic() + delay
+                self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="celeriac-redis-flusher", daemon=True
+                )
+                self._thread.start()
+
+    def cancel(self, link: Link) -> None:
+        with self._cond:
+            self._due.pop(link, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due:
+                    self._cond.wait()
+                link, when = min(self._due.items(), key=lambda item: item[1])
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                del self._due[link]
+            link.flush_later()
+
+
+_flusher = _Flusher()
