@@ -276,11 +276,17 @@ class ResultBackend(ABC):
         each other.
         """
         content_type, _, body = dumps(entry, self.serializer)
-        self._store_many([Write(key, "LOG", content_type, body, time.time() + expires)])
+        write = Write(self._log_key(key), "LOG", content_type, body, time.time() + expires)
+        self._store_many([write])
 
     def read_log(self, key: str) -> list[Any]:
         """The entries of the log at ``key``, oldest first (none when missing or expired)."""
-        return [self._decode(record) for record in self._history(key, 0)]
+        return [self._decode(record) for record in self._history(self._log_key(key), 0)]
+
+    def _log_key(self, key: str) -> str:
+        # A backend that puts its keys under a prefix (Redis's global_keyprefix) says so in
+        # task_key: logs go under the same prefix, apart from other apps sharing the server.
+        return self.task_key("").removesuffix(TASK_KEY_PREFIX) + key
 
     # -- reading ----------------------------------------------------------------------------
     def get_task_meta(self, task_id: str) -> dict[str, Any]:

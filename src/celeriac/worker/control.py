@@ -10,6 +10,7 @@ backend, declaring a queue) goes through ``state.io``, off the loop.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal as signals_module
 import time
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from celeriac.worker.pools.base import Pool
     from celeriac.worker.request import Request
     from celeriac.worker.worker import Worker
+
+logger = logging.getLogger("celeriac.worker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -374,6 +377,7 @@ async def revoke(
         consumer.revoked.add(one)
         consumer.revoke_held(one)
         pool.discard(one, Outcome(state=states.REVOKED))
+    logger.info("Tasks flagged as revoked: %s", ", ".join(ids))
     await _mark_revoked(state, ids)
     if to_bool(terminate) if isinstance(terminate, str) else terminate:
         return _terminate(state, ids, signal_number(signal))
