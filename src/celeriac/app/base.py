@@ -43,6 +43,7 @@ from celeriac.result import AsyncResult as Result
 from celeriac.utils.url import scheme_of
 
 if TYPE_CHECKING:
+    from celeriac.app.task import Context
     from celeriac.backends.base import ResultBackend
     from celeriac.backends.rpc import RPCBackend
     from celeriac.control import Control
@@ -336,6 +337,14 @@ class Celery:
     def _uses_rpc(self) -> bool:
         return scheme_of(self.result_backend_url) == "rpc"
 
+    def _reply_to(self, given: str | None, task_id: str, running: Context | None) -> str | None:
+        """Where the states of a task being sent go (its ``reply_to``)."""
+        if given:
+            return given
+        if running is not None and running.id == task_id and running.reply_to:
+            return str(running.reply_to)  # A retry replies to whoever sent the first run.
+        return self.oid if self._uses_rpc() else None
+
     def _reply_queue_backend(self, message: TaskMessage) -> RPCBackend | None:
         """The rpc backend whose reply queue ``message`` names, if it is this app's."""
         if not message.reply_to or not self._uses_rpc():
@@ -431,7 +440,7 @@ class Celery:
             callbacks=[dict(s) for s in signatures(options.pop("link", None), self)] or None,
             errbacks=[dict(s) for s in signatures(options.pop("link_error", None), self)] or None,
             chain=options.pop("chain", None),
-            reply_to=options.pop("reply_to", None) or (self.oid if self._uses_rpc() else None),
+            reply_to=self._reply_to(options.pop("reply_to", None), task_id, parent),
             time_limit=options.pop("time_limit", None),
             soft_time_limit=options.pop("soft_time_limit", None),
             root_id=root_id,
