@@ -183,10 +183,10 @@ class RedisBackend(ResultBackend):
     """Results in Redis, readable and writable by Celery on the same database.
 
     Options (``result_backend_transport_options``): ``global_keyprefix`` (as Celery's),
-    ``max_connections``,
-    ``socket_timeout``, ``socket_connect_timeout``, ``max_retries`` (of a command whose
-    connection failed, with a growing pause; 10 by default), ``history_limit`` (replaced
-    values kept per key for ``on_message``; 1000), and the base's ``cleanup_interval``.
+    ``max_connections``, ``socket_timeout``, ``socket_connect_timeout``, ``max_retries``
+    (of a command whose connection failed, with a growing pause; 10 by default),
+    ``history_limit`` (replaced values kept per key for ``on_message``; 1000), and the
+    base's ``cleanup_interval``.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
