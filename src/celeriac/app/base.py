@@ -29,12 +29,13 @@ from zoneinfo import ZoneInfo
 
 from celeriac import signals
 from celeriac.app import state
+from celeriac.app.builtins import register_builtin_tasks
 from celeriac.app.protocol import TaskMessage, build_task_message
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routes import Router
 from celeriac.app.settings import Settings, settings_from_envvar, settings_from_object
 from celeriac.app.task import Task as BaseTask
-from celeriac.canvas import signatures
+from celeriac.canvas import Call, signatures
 from celeriac.messaging.connection import Connection
 from celeriac.messaging.entities import Queue
 from celeriac.messaging.pools import ConnectionPool, ProducerPool
@@ -117,6 +118,7 @@ class Celery:
         self._oid: tuple[int, str] | None = None
         self._router: Router | None = None
         self._retry_policy: tuple[dict[str, Any], RetryPolicy] | None = None
+        register_builtin_tasks(self)
         state.register_app(self)
         if set_as_current:
             state.set_current_app(self)
@@ -572,6 +574,53 @@ class Celery:
         batch.append(self.events.task_sent(producer, message.headers, queue.name, exchange, key))
         declare.append(self.events.exchange)
 
+    def send_many(self, calls: Iterable[Call]) -> None:
+        """Send several task messages in one publish (what a workflow's ``apply_async`` does).
+
+        Each call is ``(name, args, kwargs, options)``, with ``send_task``'s options; the
+        messages reach the broker in one transport call. Nothing is recorded as a child
+        of the running task: the workflow records its own result.
+        """
+        prepared = [self._prepare(c.name, c.args, c.kwargs, dict(c.options)) for c in calls]
+        if not prepared:
+            return
+        retry, policy = self._retry_args(prepared[0][4])
+        self._publish_signals(prepared, before=True, policy=policy)
+        with self.producer_pool.acquire() as producer:
+            batch = [self._outgoing(producer, m, ex, key, rest) for m, _, ex, key, rest in prepared]
+            producer.send(batch, declare=_queues(prepared), retry=retry, retry_policy=policy)
+        self._publish_signals(prepared, before=False, policy=policy)
+
+    async def asend_many(self, calls: Iterable[Call]) -> None:
+        """``send_many`` for asyncio code: the broker I/O does not block the event loop."""
+        prepared = [self._prepare(c.name, c.args, c.kwargs, dict(c.options)) for c in calls]
+        if not prepared:
+            return
+        retry, policy = self._retry_args(prepared[0][4])
+        self._publish_signals(prepared, before=True, policy=policy)
+        lease = self.producer_pool.acquire()
+        try:
+            producer = lease.producer
+            batch = [self._outgoing(producer, m, ex, key, rest) for m, _, ex, key, rest in prepared]
+            await producer.asend(batch, declare=_queues(prepared), retry=retry, retry_policy=policy)
+        finally:
+            lease.release()
+        self._publish_signals(prepared, before=False, policy=policy)
+
+    def _publish_signals(self, prepared: list[Prepared], before: bool, policy: RetryPolicy) -> None:
+        signal = signals.before_task_publish if before else signals.after_task_publish
+        if not signal.receivers:
+            return
+        for message, queue, exchange, key, _ in prepared:
+            extra = {"headers": message.headers, "properties": {}, "declare": [queue]}
+            signal.send(
+                sender=message.headers["task"],
+                body=message.body,
+                exchange=exchange,
+                routing_key=key,
+                **({**extra, "retry_policy": policy} if before else {}),
+            )
+
     def _child_result(self, task_id: str, name: str, options: dict[str, Any]) -> Result[Any]:
         """The result of a sent task, recorded as a child of the running task (if any)."""
         result: Result[Any] = Result(task_id, app=self, task_name=name)
@@ -580,6 +629,15 @@ class Celery:
         if parent is not None and adds and parent.id and not parent.called_directly:
             parent.children.append(result)
         return result
+
+
+#: What ``Celery._prepare`` returns: message, queue, exchange, routing key, other options.
+Prepared = tuple[TaskMessage, Queue, str, str, dict[str, Any]]
+
+
+def _queues(prepared: list[Prepared]) -> list[Queue]:
+    """The distinct queues a batch goes to (each declared once)."""
+    return list({queue.name: queue for _, queue, _, _, _ in prepared}.values())
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

@@ -10,6 +10,9 @@ Each key keeps its values as numbered :class:`Record` s (``seq`` 1, 2, ...): the
 and those it replaced. A waiter remembers the last ``seq`` it handled, so it sees every
 state once, in order, even when several were stored between two of its reads.
 
+Chords add one optional storage method, ``_chord_part`` (counting a chord header's reports
+atomically); it is not abstract, so a backend without it still stores results.
+
 Keys and values follow PROTOCOL.md ("Result meta"), so Celery clients read what celeriac
 workers write, and the reverse.
 """
@@ -64,6 +67,31 @@ class Write(NamedTuple):
     content_type: str
     value: bytes
     expires_at: float | None
+
+
+class ChordPart(NamedTuple):
+    """One header task's report to its chord, as stored (see ``ResultBackend._chord_part``).
+
+    ``value`` is Celery's encoded ``[1, task_id, state, result]`` (what Celery's Redis
+    backend pushes onto ``<group key>.j``), so the bytes can be shared with Celery workers.
+    """
+
+    task_id: str
+    group_index: int
+    content_type: str
+    value: bytes
+
+
+class ChordOutcome(NamedTuple):
+    """How one header task of a completed chord ended: its state and value (or exception)."""
+
+    task_id: str
+    state: str
+    result: Any
+
+
+#: The position of a header task that carries no ``group_index`` (sorted after the others).
+LAST_INDEX = 2**31 - 1
 
 
 class OnMessage(Protocol):
@@ -287,6 +315,104 @@ class ResultBackend(ABC):
         # A backend that puts its keys under a prefix (Redis's global_keyprefix) says so in
         # task_key: logs go under the same prefix, apart from other apps sharing the server.
         return self.task_key("").removesuffix(TASK_KEY_PREFIX) + key
+
+    # -- chords -----------------------------------------------------------------------------
+    # A chord's body runs once, when the last of its header tasks has finished. Every header
+    # task reports its outcome here from whichever worker ran it; the storage counts the
+    # reports atomically and hands all of them to the one report that completes the set, so
+    # the body is sent exactly once and no task polls for completion.
+
+    def set_chord_size(self, group_id: str, size: int) -> None:  # noqa: B027 -- optional hook.
+        """Record how many reports ``group_id``'s chord waits for (before the header is sent).
+
+        celeriac's workers read the size from the ``chord_size`` of the body they carry, so
+        backends used only by celeriac need nothing here. A backend shared with Celery 5
+        workers stores it where they read it (Redis: the ``<group key>.s`` key).
+        """
+
+    def ensure_chords_allowed(self) -> None:
+        """Fail early (when a chord is sent) on a backend that cannot count chord parts.
+
+        Raises:
+            NotImplementedError: This backend does not support chords.
+        """
+        if type(self)._chord_part is ResultBackend._chord_part:
+            self._chord_part("", ChordPart("", 0, "", b""), 0, None)
+
+    def add_chord_part(
+        self,
+        group_id: str,
+        task_id: str,
+        index: int | None,
+        state: str,
+        result: Any,
+        size: int | None,
+    ) -> list[ChordOutcome] | None:
+        """Count one header task's outcome towards its chord.
+
+        Args:
+            group_id: The chord header's group id (the task's ``group`` header).
+            task_id: The header task's id: a second report of the same task is not counted.
+            index: Its position in the header (``group_index``); the body gets the
+                results in this order.
+            state: SUCCESS, FAILURE or REVOKED.
+            result: The return value, or the exception.
+            size: How many reports complete the chord (the body's ``chord_size``); None
+                when only ``set_chord_size`` knows it.
+
+        Returns:
+            Every outcome, in header order, to the one call that completed the chord;
+            None to every other call.
+        """
+        if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
+            result = self.prepare_exception(result)
+        content_type, _, body = dumps([1, task_id, state, result], self.serializer)
+        part = ChordPart(task_id, LAST_INDEX if index is None else index, content_type, body)
+        parts = self._chord_part(group_id, part, size, self._expiry())
+        if parts is None:
+            return None
+        return [self._chord_outcome(stored) for stored in parts]
+
+    def _chord_outcome(self, part: ChordPart) -> ChordOutcome:
+        _, task_id, state, result = loads(part.value, part.content_type, None, accept=self.accept)
+        if state in states.EXCEPTION_STATES and stored_exceptions.is_stored_exception(result):
+            result = self.exception_to_python(result)
+        return ChordOutcome(str(task_id), str(state), result)
+
+    def _chord_part(
+        self, group_id: str, part: ChordPart, size: int | None, expires_at: float | None
+    ) -> list[ChordPart] | None:
+        """Add ``part`` to ``group_id``'s chord, atomically (across processes).
+
+        Storage surface for chords: not abstract, so a backend without chord support still
+        stores results; chords on it fail with this method's error.
+
+        Returns:
+            All parts of the chord, ordered by ``group_index`` then arrival, to the ONE call whose
+            part makes ``size`` distinct tasks; None to every other call. Exactly once:
+
+            - a part whose ``task_id`` was already counted (a redelivered header task) is
+              ignored and returns None;
+            - the call that completes the chord marks it done (the mark lives until
+              ``expires_at``, None: for good) and may drop the parts; a later part of a done
+              chord returns None and is not kept.
+
+        A Redis implementation, with Celery's keys so Celery workers can join the same
+        chord (``<group key>`` is ``celery-taskset-meta-<group_id>``): in one MULTI (or a
+        Lua script, which can also skip duplicates with a set of task ids) RPUSH
+        ``part.value`` onto ``<group key>.j`` (Celery >= 5.1 with ``result_chord_ordered``:
+        ZADD with score ``group_index``), read the length, GET ``<group key>.t`` (extra parts
+        added by ``add_to_chord``) and ``<group key>.s`` (the size ``set_chord_size``
+        stored), EXPIRE the three keys; the call that reads length == size (or ``.s``) +
+        ``.t`` reads the list (LRANGE/ZRANGE) and deletes the keys.
+
+        Raises:
+            NotImplementedError: This backend cannot count chord parts.
+        """
+        raise NotImplementedError(
+            f"The {type(self).__name__} result backend ({mask_password(self.url)}) does not "
+            "support chords (the memory and SQLite result backends do)."
+        )
 
     # -- reading ----------------------------------------------------------------------------
     def get_task_meta(self, task_id: str) -> dict[str, Any]:

@@ -167,15 +167,13 @@ class Signature(dict[str, Any], Generic[R]):
     # -- building -------------------------------------------------------------------------
     def _copy(self) -> Signature[R]:
         """A copy whose args, kwargs and options (and members) can change independently."""
-        sig = type(self)._from_dict(
-            {
-                **self,
-                "args": list(self["args"]),
-                "kwargs": dict(self["kwargs"]),
-                "options": dict(self["options"]),
-            },
-            self._app,
-        )
+        cls = type(self)
+        sig = cls.__new__(cls)
+        sig._app = self._app
+        dict.__init__(sig, self)
+        sig["args"] = list(self["args"])
+        sig["kwargs"] = dict(self["kwargs"])
+        sig["options"] = dict(self["options"])
         return sig
 
     def clone(
@@ -298,13 +296,24 @@ class Signature(dict[str, Any], Generic[R]):
     def _calls(
         self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: dict[str, Any]
     ) -> list[Call]:
-        """The task messages that start this signature (one, for a task), not yet sent."""
-        sig = self.clone(args, kwargs, **options)
-        task = self.app.tasks.get(sig.task)
+        """The task messages that start this signature (one, for a task), not yet sent.
+
+        Merges like ``clone`` without copying the signature (a workflow sends its own copy).
+        """
+        own_args, own_kwargs, own = self["args"], self["kwargs"], self["options"]
+        if self.immutable:
+            args_list, kwargs_dict = list(own_args), dict(own_kwargs)
+        else:
+            args_list = [*args, *own_args] if args else list(own_args)
+            kwargs_dict = {**own_kwargs, **kwargs} if kwargs else dict(own_kwargs)
+        merged = dict(own)
+        for key, value in options.items():
+            if key not in MEMBERSHIP_OPTIONS or key not in own:
+                merged[key] = value
+        task = self.app.tasks.get(self["task"])
         if task is None:
-            return [Call(sig.task, sig["args"], sig["kwargs"], sig["options"])]
-        args_list, kwargs_dict, merged = task._call_options(sig["args"], sig["kwargs"], sig.options)
-        return [Call(task.name, args_list, kwargs_dict, merged)]
+            return [Call(self.task, args_list, kwargs_dict, merged)]
+        return [Call(task.name, *task._call_options(args_list, kwargs_dict, merged))]
 
     def apply_async(
         self,
