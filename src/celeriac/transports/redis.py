@@ -29,32 +29,21 @@ once Redis stored it), ``socket_timeout`` (30 s).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
 
-from celeriac.exceptions import NotFound, OperationalError
-from celeriac.messaging import serialization
+from celeriac.exceptions import NotFound
 from celeriac.messaging.entities import Binding, Exchange, Queue
-from celeriac.messaging.routing import BindingSpec, route
 from celeriac.transports import redis_layout as lua
-from celeriac.transports.base import (
-    Capabilities,
-    Delivery,
-    Envelope,
-    Outgoing,
-    Properties,
-    Transport,
-)
+from celeriac.transports.base import Capabilities, Delivery, Outgoing, Transport
 from celeriac.transports.redis_link import (
     CONNECTION_ERRORS,
     Link,
@@ -63,6 +52,13 @@ from celeriac.transports.redis_link import (
     run_script,
 )
 from celeriac.transports.redis_session import SessionThread
+from celeriac.transports.redis_store import (
+    Dying,
+    Store,
+    binding_field,
+    decode_payload,
+    text,
+)
 from celeriac.transports.virtual import DeathReason, QueuePolicy
 from celeriac.utils.url import mask_password
 
@@ -72,142 +68,27 @@ logger = logging.getLogger(__name__)
 REAP_INTERVAL = 1.0
 #: How often a fetching session dead-letters expired messages of every queue.
 SWEEP_INTERVAL = 0.1
-#: Dead-letter hops within one call before a message is dropped (a dead-letter cycle).
-MAX_DEAD_LETTER_HOPS = 8
-#: Failed publish replies reported on close before giving up on the rest.
-MAX_OUTSTANDING_ERRORS = 100
 
-_FETCH, _STORE, _ACK = Script.of(lua.FETCH), Script.of(lua.STORE), Script.of(lua.ACK)
+_FETCH, _ACK = Script.of(lua.FETCH), Script.of(lua.ACK)
 _REQUEUE, _DEFER, _RECOVER = Script.of(lua.REQUEUE), Script.of(lua.DEFER), Script.of(lua.RECOVER)
-_BEAT, _CLOSE, _TOPOLOGY = Script.of(lua.BEAT), Script.of(lua.CLOSE), Script.of(lua.TOPOLOGY)
+_BEAT, _CLOSE = Script.of(lua.BEAT), Script.of(lua.CLOSE)
 _DECLARE_EXCHANGE = Script.of(lua.DECLARE_EXCHANGE)
 _DELETE_EXCHANGE = Script.of(lua.DELETE_EXCHANGE)
 _DECLARE_QUEUE, _DELETE_QUEUE = Script.of(lua.DECLARE_QUEUE), Script.of(lua.DELETE_QUEUE)
 _BIND, _UNBIND = Script.of(lua.BIND), Script.of(lua.UNBIND)
 _PURGE, _LENGTH = Script.of(lua.PURGE), Script.of(lua.LENGTH)
 
-# -- payloads: ``[exchange, routing key, headers, properties, expires_at]`` JSON, \n, body --
-# Headers are nearly always plain JSON (Celery's are): the stdlib's C encoder first, the
-# extended-type serializer only when that fails.
-_PLAIN_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _encode(exchange: str, key: str, envelope: Envelope, expires_at: float | None) -> bytes:
-    meta = [exchange, key, dict(envelope.headers), envelope.properties.to_dict(), expires_at]
-    try:
-        text = _PLAIN_JSON.encode(meta).encode()
-    except TypeError:
-        text = serialization.dumps(meta)[2]
-    return text + b"\n" + envelope.body
-
-
-def _decode(payload: bytes) -> tuple[str, str, Envelope, float | None]:
-    meta, _, body = payload.partition(b"\n")
-    if b'"__type__"' in meta:  # extended types (datetime, bytes...) were encoded
-        data = serialization.loads(meta, "application/json", "utf-8")
-    else:
-        data = json.loads(meta)
-    exchange, key, headers, properties, expires_at = data
-    return exchange, key, Envelope(body, headers, Properties.from_dict(properties)), expires_at
-
-
-def _binding_field(exchange: str, queue: str, binding: Binding) -> str:
-    data = [exchange, queue, binding.routing_key, dict(binding.arguments)]
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class _Orphanage:
-    """Unconfirmed publishes of closed sessions, per broker, for the next session to send.
-
-    A producer's retry policy resets its connection after an error; publishes sent but not
-    confirmed before that must not vanish with the old session.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._batches: dict[tuple[str, str], list[Sequence[Outgoing]]] = {}
-        self.waiting = False
-
-    def give(self, key: tuple[str, str], batches: Sequence[Sequence[Outgoing]]) -> None:
-        if batches:
-            with self._lock:
-                self._batches.setdefault(key, []).extend(batches)
-                self.waiting = True
-
-    def take(self, key: tuple[str, str]) -> list[Sequence[Outgoing]]:
-        with self._lock:
-            batches = self._batches.pop(key, [])
-            self.waiting = bool(self._batches)
-            return batches
-
-
-_orphans = _Orphanage()
-
-
-@dataclass(slots=True)
-class _Topology:
-    """A cached copy of the declarations, valid while ``version`` matches Redis's."""
-
-    version: str = ""
-    exchanges: dict[str, str] = field(default_factory=dict)
-    bindings: dict[str, list[BindingSpec]] = field(default_factory=dict)
-    policies: dict[str, QueuePolicy] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, reply: list[Any]) -> _Topology:
-        version, exchanges, queues, bindings = reply
-        topo = cls(_text(version))
-        for i in range(0, len(exchanges), 2):
-            topo.exchanges[_text(exchanges[i])] = _text(exchanges[i + 1])
-        for i in range(0, len(queues), 2):
-            topo.policies[_text(queues[i])] = QueuePolicy.from_json(_text(queues[i + 1]))
-        for raw in bindings:
-            exchange, queue, key, arguments = json.loads(raw)
-            topo.bindings.setdefault(exchange, []).append(BindingSpec(queue, key, arguments))
-        return topo
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Copies to store (flattened ``STORE`` arguments) and the queues they fill."""
-
-    copies: list[Any] = field(default_factory=list)
-    count: int = 0
-    limited: dict[str, QueuePolicy] = field(default_factory=dict)
-
-    def limits(self) -> list[Any]:
-        args: list[Any] = [len(self.limited)]
-        for name, policy in self.limited.items():
-            args += [name, policy.max_length, 1 if policy.dead_letter_exchange else 0]
-        return args
-
-    @property
-    def keeps(self) -> bool:
-        """True when queue-length victims will be leased to this session."""
-        return any(p.dead_letter_exchange for p in self.limited.values())
-
-
-@dataclass(frozen=True, slots=True)
-class _Dying:
-    """A message leased to this session that must be dead-lettered (or dropped)."""
-
-    queue: str
-    tag: int
-    envelope: Envelope
-    exchange: str
-    routing_key: str
-    reason: DeathReason
-    expiring: str | None
-
 
 @dataclass(frozen=True, slots=True)
 class _Held:
+    """A delivery this session holds, and its member in ``expiring`` (None: no TTL)."""
+
     delivery: Delivery
-    expiring: str | None  # its member in ``expiring``, to drop when it is settled
+    expiring: str | None
+
+    def dying(self, tag: int, reason: DeathReason) -> Dying:
+        d = self.delivery
+        return Dying(d.queue, tag, d.envelope, d.exchange, d.routing_key, reason, self.expiring)
 
 
 class RedisTransport(Transport):
@@ -223,14 +104,12 @@ class RedisTransport(Transport):
         super().__init__(url, options)
         self.settings = RedisSettings.parse(url, self.options)
         self._p = self.settings.prefix
-        self._orphan_key = (self.settings.url, self._p)
         self._link = Link(self.settings.pool())
-        self._topology = _Topology()
         self._ops = threading.RLock()  # fetch/settle/recover see one consistent ``_held``
+        self._store = Store(self._link, self.settings, self._session_id, self._lost, self._ops)
         self._session: str | None = None
         self._session_pid = 0
         self._thread: SessionThread | None = None
-        self._registered = False
         self._held: dict[int, _Held] = {}
         self._maybe_acked: set[int] = set()
         self._unsure = False
@@ -244,12 +123,17 @@ class RedisTransport(Transport):
         return f"<RedisTransport {mask_password(self.url)}>"
 
     # -- sessions -------------------------------------------------------------------------
-    def _lease_args(self) -> list[Any]:
-        s = self.settings
-        return [repr(s.connection_lost_timeout), repr(s.lease_timeout)]
+    def _session_id(self, create: bool) -> str:
+        if create:
+            return self._ensure_session()
+        return self._session or ""
+
+    def _lost(self) -> None:
+        """A call that changes leases failed midway: check them before the next fetch."""
+        self._unsure = True
 
     def _ensure_session(self) -> str:
-        """This session's id; its heartbeat thread runs once this returns."""
+        """This session's id, registered, with its heartbeat thread running."""
         pid = os.getpid()
         if self._session is not None and self._session_pid == pid:
             return self._session
@@ -260,41 +144,28 @@ class RedisTransport(Transport):
                 thread = SessionThread(
                     self.settings.pool(),
                     f"{self._p}alive:{session}",
-                    partial(self._beat, session),
+                    lambda client: self._beat(session, client),
                     self.settings.heartbeat_interval,
                 )
                 try:
                     thread.start(self.settings.socket_timeout)
+                    self._link.call(_BEAT, [self._p, session, *self._store.lease_args()])
                 except BaseException:
                     thread.stop()
                     raise
                 self._thread, self._session, self._session_pid = thread, session, pid
-                self._registered = False
             return self._session
 
     def _beat(self, session: str, client: redis.Redis) -> bool:
-        known = run_script(client, _BEAT, [self._p, session, *self._lease_args()])
-        return bool(known) or not self._registered
+        return bool(run_script(client, _BEAT, [self._p, session, *self._store.lease_args()]))
 
     # -- topology -------------------------------------------------------------------------
-    def _topology_now(self) -> _Topology:
-        if not self._topology.version:
-            self._topology = _Topology.parse(self._link.call(_TOPOLOGY, [self._p]))
-        return self._topology
-
-    def _policy(self, queue: str) -> QueuePolicy:
-        policy = self._topology_now().policies.get(queue)
-        if policy is None:
-            self._topology = _Topology()
-            policy = self._topology_now().policies.get(queue, QueuePolicy())
-        return policy
-
     def _change(self, script: Script, args: list[Any]) -> str:
         """Run a script that changes the topology; our cached copy is stale after it."""
         try:
-            return _text(self._link.call(script, [self._p, *args]) or "")
+            return text(self._link.call(script, [self._p, *args]) or "")
         finally:
-            self._topology = _Topology()
+            self._store.forget()
 
     def declare_exchange(self, exchange: Exchange) -> None:
         if exchange.name:
@@ -308,27 +179,24 @@ class RedisTransport(Transport):
         pairs: list[str] = []
         for binding in queue.all_bindings():
             name = binding.exchange.name
-            pairs += [name, _binding_field(name, queue.name, binding)]
+            pairs += [name, binding_field(name, queue.name, binding)]
         policy = QueuePolicy.of(queue).to_json()
-        args = [owner, *self._lease_args(), queue.name, policy, *pairs]
+        args = [owner, *self._store.lease_args(), queue.name, policy, *pairs]
         missing = self._change(_DECLARE_QUEUE, args)
         if missing:
             raise NotFound(f"cannot bind {queue.name!r}: no exchange {missing!r}")
-        if owner:
-            self._registered = True
 
     def delete_queue(self, name: str) -> None:
         self._change(_DELETE_QUEUE, [name])
 
     def bind(self, queue: str, binding: Binding) -> None:
         name = binding.exchange.name
-        field_ = _binding_field(name, queue, binding)
-        if self._change(_BIND, [name, field_]):
+        if self._change(_BIND, [name, binding_field(name, queue, binding)]):
             raise NotFound(f"cannot bind {queue!r}: no exchange {name!r}")
 
     def unbind(self, queue: str, binding: Binding) -> None:
         name = binding.exchange.name
-        self._change(_UNBIND, [_binding_field(name, queue, binding)])
+        self._change(_UNBIND, [binding_field(name, queue, binding)])
 
     def queue_length(self, name: str) -> int:
         return int(self._link.call(_LENGTH, [self._p, name]))
@@ -337,169 +205,8 @@ class RedisTransport(Transport):
         return int(self._link.call(_PURGE, [self._p, name]))
 
     # -- storing --------------------------------------------------------------------------
-    def _route(self, topo: _Topology, exchange: str, key: str, headers: Any) -> list[str]:
-        if not exchange:
-            return [key] if key in topo.policies else []
-        type_ = topo.exchanges.get(exchange)
-        if type_ is None:
-            raise NotFound(f"no exchange {exchange!r} on {mask_password(self.url)}")
-        return route(type_, topo.bindings.get(exchange, ()), key, headers)
-
-    @staticmethod
-    def _add_copies(
-        batch: _Batch,
-        topo: _Topology,
-        origin: int,
-        queues: list[str],
-        out: Outgoing,
-        now: float,
-    ) -> None:
-        payloads: dict[float | None, bytes] = {}
-        properties = out.envelope.properties
-        for name in queues:
-            policy = topo.policies[name]
-            expires = policy.expires_at(properties, now)
-            payload = payloads.get(expires)
-            if payload is None:
-                payload = _encode(out.exchange, out.routing_key, out.envelope, expires)
-                payloads[expires] = payload
-            expiry = "" if expires is None else repr(expires)
-            batch.copies += (origin, name, policy.priority_of(properties), payload, expiry)
-            batch.count += 1
-            if policy.max_length is not None:
-                batch.limited[name] = policy
-
-    def _batch_of(self, messages: Sequence[Outgoing], topo: _Topology) -> _Batch:
-        now = time.time()
-        routes = [
-            (out, self._route(topo, out.exchange, out.routing_key, out.envelope.headers))
-            for out in messages
-        ]  # every route before any copy: a batch naming a missing exchange stores nothing
-        batch = _Batch()
-        for out, queues in routes:
-            self._add_copies(batch, topo, 0, queues, out, now)
-        return batch
-
-    def _store_args(self, topo: _Topology, batch: _Batch, kills: Sequence[_Dying]) -> list[Any]:
-        if batch.keeps:
-            self._ensure_session()
-        members = [d.expiring for d in kills if d.expiring]
-        return [
-            self._p,
-            self._session or "",
-            *self._lease_args(),
-            topo.version,
-            len(kills),
-            *[d.tag for d in kills],
-            len(members),
-            *members,
-            batch.count,
-            *batch.copies,
-            *batch.limits(),
-        ]
-
-    def _store(
-        self, build: Callable[[_Topology], _Batch], kills: Sequence[_Dying] = ()
-    ) -> list[_Dying]:
-        """Store what ``build`` makes of the current topology (retried while it changes).
-
-        Returns the queue-length victims now leased here, to dead-letter.
-        """
-        fresh = False
-        for _ in range(10):
-            fresh = fresh or not self._topology.version
-            topo = self._topology_now()
-            try:
-                batch = build(topo)
-            except NotFound:
-                if fresh:
-                    raise
-                self._topology = _Topology()  # maybe declared since we looked: look again
-                continue
-            reply = self._link.call(_STORE, self._store_args(topo, batch, kills))
-            if reply != -1:
-                return self._victims(reply)
-            self._topology = _Topology()
-        raise OperationalError("the Redis broker's bindings kept changing during a publish")
-
-    def _victims(self, reply: list[Any]) -> list[_Dying]:
-        if reply:
-            self._registered = True  # ``STORE`` registered the session that leases them
-        return [self._dying(reply, i, "maxlen") for i in range(0, len(reply), 3)]
-
-    def _dying(self, flat: list[Any], i: int, reason: DeathReason) -> _Dying:
-        queue, tag, payload = _text(flat[i]), int(flat[i + 1]), flat[i + 2]
-        exchange, key, envelope, expires_at = _decode(payload)
-        expiring = f"{tag}|{queue}" if expires_at is not None else None
-        return _Dying(queue, tag, envelope, exchange, key, reason, expiring)
-
     def publish(self, messages: Sequence[Outgoing]) -> None:
-        if _orphans.waiting:
-            self._adopt_orphans()
-        build = partial(self._batch_of, messages)
-        topo = self._topology_now()
-        exchanges = topo.exchanges
-        if self.settings.confirm_publish or any(
-            out.exchange and out.exchange not in exchanges for out in messages
-        ):
-            # Confirmed, or an exchange we do not know: look again synchronously (and
-            # raise NotFound if it is really missing).
-            self._dead_letter(self._store(build))
-            return
-
-        def on_reply(reply: Any) -> None:
-            # -1: routed with stale bindings, nothing was stored: route again.
-            self._dead_letter(self._store(build) if reply == -1 else self._victims(reply))
-
-        self._link.send(_STORE, self._store_args(topo, build(topo), ()), on_reply, messages)
-
-    def _adopt_orphans(self) -> None:
-        """Send again what a closed session to this broker could not confirm."""
-        batches = _orphans.take(self._orphan_key)
-        for i, messages in enumerate(batches):
-            try:
-                self.publish(messages)
-            except BaseException:
-                _orphans.give(self._orphan_key, batches[i:])
-                raise
-
-    def _dead_letter(self, dying: list[_Dying]) -> None:
-        """Remove ``dying`` (leased here) and store their dead-letter copies, atomically."""
-        if not dying:
-            return
-        with self._ops:
-            try:
-                for _ in range(MAX_DEAD_LETTER_HOPS):
-                    dying = self._store(partial(self._dead_letter_batch, dying), dying)
-                    if not dying:
-                        return
-                logger.warning(
-                    "%d message(s) kept being dead-lettered (a cycle?); dropping them",
-                    len(dying),
-                )
-                self._store(lambda _topo: _Batch(), dying)
-            except CONNECTION_ERRORS:
-                self._unsure = True  # they stay leased here: ``_recover`` returns them
-                raise
-
-    def _dead_letter_batch(self, dying: list[_Dying], topo: _Topology) -> _Batch:
-        batch = _Batch()
-        now = time.time()
-        for origin, d in enumerate(dying, 1):
-            policy = topo.policies.get(d.queue)
-            target = policy and policy.dead_letter(
-                d.envelope, d.queue, d.exchange, d.routing_key, d.reason
-            )
-            if not target:
-                continue
-            dlx, key, envelope = target
-            try:
-                queues = self._route(topo, dlx, key, envelope.headers)
-            except NotFound:
-                logger.warning("dead-letter exchange %r of queue %r does not exist", dlx, d.queue)
-                continue
-            self._add_copies(batch, topo, origin, queues, Outgoing(envelope, dlx, key), now)
-        return batch
+        self._store.publish(messages)
 
     # -- consuming ------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()) -> list[Delivery]:
@@ -539,7 +246,7 @@ class RedisTransport(Transport):
         args = [
             self._p,
             session,
-            *self._lease_args(),
+            *self._store.lease_args(),
             repr(now),
             limit,
             int(reap),
@@ -554,28 +261,41 @@ class RedisTransport(Transport):
         except CONNECTION_ERRORS:
             self._failed(acks, popped)
             raise
-        self._registered = True
         self._warn_if_lost(lost)
         self._next_due = float(next_due) if next_due else None
+        dying = [self._store.dying(swept, i, "expired") for i in range(0, len(swept), 3)]
+        try:
+            deliveries = self._deliveries(taken, now, dying)
+        except BaseException:
+            self._unsure = True  # leased in Redis, unknown here: ``_recover`` returns them
+            raise
+        try:
+            self._store.dead_letter(dying)
+        except CONNECTION_ERRORS as exc:  # they stay leased; ``_recover`` returns them
+            logger.warning("Could not dead-letter %d message(s) yet: %r", len(dying), exc)
+        return deliveries, bool(dying)
+
+    def _deliveries(self, taken: list[Any], now: float, dying: list[Dying]) -> list[Delivery]:
+        """Deliveries from a ``FETCH`` reply; expired or over-delivered ones go to ``dying``."""
         deliveries: list[Delivery] = []
-        dying = [self._dying(swept, i, "expired") for i in range(0, len(swept), 3)]
+        held: dict[int, _Held] = {}
         for i in range(0, len(taken), 4):
-            queue, tag, count = _text(taken[i]), int(taken[i + 1]), int(taken[i + 2])
-            exchange, key, envelope, expires_at = _decode(taken[i + 3])
+            queue, tag, count = text(taken[i]), int(taken[i + 1]), int(taken[i + 2])
+            exchange, key, envelope, expires_at = decode_payload(taken[i + 3])
             expiring = f"{tag}|{queue}" if expires_at is not None else None
             reason: DeathReason | None = None
             if expires_at is not None and expires_at <= now:
                 reason = "expired"
-            elif self._policy(queue).over_delivery_limit(count):
+            elif self._store.policy(queue).over_delivery_limit(count):
                 reason = "delivery_limit"
             if reason is not None:
-                dying.append(_Dying(queue, tag, envelope, exchange, key, reason, expiring))
-                continue
-            delivery = Delivery(envelope, tag, queue, exchange, key, count > 0)
-            self._held[tag] = _Held(delivery, expiring)
-            deliveries.append(delivery)
-        self._dead_letter(dying)
-        return deliveries, bool(dying)
+                dying.append(Dying(queue, tag, envelope, exchange, key, reason, expiring))
+            else:
+                delivery = Delivery(envelope, tag, queue, exchange, key, count > 0)
+                held[tag] = _Held(delivery, expiring)
+                deliveries.append(delivery)
+        self._held.update(held)  # all or none: a failure above leaves them to ``_recover``
+        return deliveries
 
     def _take_held(self, tags: Sequence[int]) -> dict[int, _Held]:
         """Forget deliveries being settled (``_failed`` puts them back)."""
@@ -641,20 +361,8 @@ class RedisTransport(Transport):
                 if requeue:
                     self._link.call(_REQUEUE, [self._p, self._session or "", *delivery_tags])
                     return
-                self._dead_letter(
-                    [
-                        _Dying(
-                            d.queue,
-                            tag,
-                            d.envelope,
-                            d.exchange,
-                            d.routing_key,
-                            "rejected",
-                            held.expiring,
-                        )
-                        for tag, held in popped.items()
-                        for d in (held.delivery,)
-                    ]
+                self._store.dead_letter(
+                    [held.dying(tag, "rejected") for tag, held in popped.items()]
                 )
             except CONNECTION_ERRORS:
                 self._failed((), popped)
@@ -708,7 +416,7 @@ class RedisTransport(Transport):
             session, self._session = self._session, None
             if thread is not None:
                 thread.stop()
-            self._flush_on_close()
+            self._store.flush_on_close()
             if session is not None and self._session_pid == os.getpid():
                 try:
                     self._link.call(_CLOSE, [self._p, session])
@@ -722,23 +430,3 @@ class RedisTransport(Transport):
                     )
             self._held.clear()
             self._link.close()
-
-    def _flush_on_close(self) -> None:
-        """Confirm outstanding publishes; hand what cannot be confirmed to the next session."""
-        for _ in range(MAX_OUTSTANDING_ERRORS):
-            try:
-                self._link.flush()
-                return
-            except CONNECTION_ERRORS as exc:
-                batches = self._link.forget_unconfirmed()
-                _orphans.give(self._orphan_key, batches)
-                logger.warning(
-                    "%d publish(es) to %s were not confirmed before closing (%r); the next "
-                    "connection to it in this process sends them again",
-                    len(batches),
-                    mask_password(self.url),
-                    exc,
-                )
-                return
-            except Exception:  # one publish failed (its reply was an error): go on
-                logger.exception("A publish to %s failed", mask_password(self.url))
