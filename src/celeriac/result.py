@@ -532,6 +532,7 @@ class ResultSet:
         """
         _refuse_inside_task(disable_sync_subtasks)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._read_ahead()
         values: list[Any] = []
         for result in self.results:
             value = result.get(
@@ -548,6 +549,19 @@ class ResultSet:
 
     join = join_native = get
 
+    def _read_ahead(self) -> None:
+        """Read every member's state in one go, so only unfinished ones are waited for."""
+        unread = [r for r in self.results if type(r) is AsyncResult and r._cache is None]
+        if len(unread) < 2:
+            return
+        backend = unread[0].backend
+        same = [r for r in unread if r.backend is backend]
+        metas = backend.get_task_metas([r.id for r in same])
+        for result in same:
+            meta = metas.get(result.id)
+            if meta is not None:
+                result._remember(meta)
+
     async def aget(
         self,
         timeout: float | None = None,
@@ -557,6 +571,7 @@ class ResultSet:
     ) -> list[Any]:
         """``get`` for asyncio code: waits without blocking the event loop."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._read_ahead()
         values: list[Any] = []
         for result in self.results:
             value = await result.aget(

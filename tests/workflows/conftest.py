@@ -24,6 +24,9 @@ from e2e_support import Stack, stack_id
 from workflow_tasks import define_workflow_tasks
 
 from celeriac import Celery
+from celeriac.backends.base import ResultBackend
+from celeriac.backends.memory import MemoryBackend
+from celeriac.backends.sqlite import SQLiteBackend
 
 #: (transport, pool) pairs the end-to-end workflow tests run on.
 WORKFLOW_STACKS = [("memory", "threads"), ("sqlite", "threads"), ("sqlite", "prefork")]
@@ -90,3 +93,14 @@ def app() -> Iterator[Celery]:
     application = Celery("wf", broker=url, backend=url, set_as_current=False)
     yield application
     application.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
+    """A memory or SQLite result backend of this test's own."""
+    if request.param == "memory":
+        instance: ResultBackend = MemoryBackend(f"memory://{uuid.uuid4().hex}")
+    else:
+        instance = SQLiteBackend(f"sqlite:///{tmp_path}/results.db")
+    yield instance
+    instance.close()

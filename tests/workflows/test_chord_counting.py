@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,6 @@ from celeriac import states
 from celeriac.backends.base import ChordOutcome, ResultBackend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.sqlite import SQLiteBackend
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
-    url = (
-        f"memory://{uuid.uuid4().hex}"
-        if request.param == "memory"
-        else f"sqlite:///{tmp_path}/r.db"
-    )
-    cls = MemoryBackend if request.param == "memory" else SQLiteBackend
-    instance = cls(url)
-    yield instance
-    instance.close()
 
 
 def report(backend: ResultBackend, group_id: str, index: int, size: int, **kw: Any) -> Any:

@@ -427,6 +427,20 @@ class ResultBackend(ABC):
             return pending_meta(task_id)
         return self._task_meta(record)
 
+    def get_task_metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The metas of several tasks, read together (what waiting on a group does first).
+
+        Tasks with nothing stored are left out. One round trip where the storage allows
+        (``_get_many``).
+        """
+        keys = [self.task_key(task_id) for task_id in task_ids]
+        records = self._get_many(keys)
+        return {
+            task_id: self._task_meta(records[key])
+            for task_id, key in zip(task_ids, keys, strict=True)
+            if key in records
+        }
+
     def prepare_exception(self, exc: BaseException) -> dict[str, Any]:
         """Celery's stored form of ``exc``; arguments the serializer refuses become reprs."""
         return stored_exceptions.prepare_exception(exc, lambda value: dumps(value, self.serializer))
@@ -512,6 +526,15 @@ class ResultBackend(ABC):
     @abstractmethod
     def _get(self, key: str) -> Record | None:
         """The current record of ``key``; None when missing or expired."""
+
+    def _get_many(self, keys: Sequence[str]) -> dict[str, Record]:
+        """The current records of ``keys`` that exist; override to read them in one go."""
+        found: dict[str, Record] = {}
+        for key in keys:
+            record = self._get(key)
+            if record is not None:
+                found[key] = record
+        return found
 
     @abstractmethod
     def _history(self, key: str, after_seq: int) -> list[Record]:

@@ -121,6 +121,12 @@ class MemoryBackend(ResultBackend):
             entry = self._live(key, time.time())
             return None if entry is None else entry.records[-1]
 
+    def _get_many(self, keys: Sequence[str]) -> dict[str, Record]:
+        now = time.time()
+        with self._state.cond:
+            entries = {key: self._live(key, now) for key in keys}
+        return {key: entry.records[-1] for key, entry in entries.items() if entry is not None}
+
     def _history(self, key: str, after_seq: int) -> list[Record]:
         with self._state.cond:
             entry = self._live(key, time.time())

@@ -38,6 +38,8 @@ from celeriac.transports.wakeup import WakeChannel
 WAKE_SUFFIX = "#results"
 
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
+#: Keys read per statement by ``_get_many`` (SQLite allows 32,766 parameters).
+_MANY = 500
 _INSERT_NEW = """
 INSERT INTO results (key, status, content_type, value, expires_at, seq)
 VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(key) DO NOTHING
@@ -187,6 +189,24 @@ class SQLiteBackend(ResultBackend):
         params = {"key": key, "now": time.time()}
         rows = self._db.read(lambda conn: conn.execute(_GET, params).fetchall())
         return _records(rows)[0] if rows else None
+
+    def _get_many(self, keys: Sequence[str]) -> dict[str, Record]:
+        now = time.time()
+
+        def read(conn: sqlite3.Connection) -> dict[str, Record]:
+            found: dict[str, Record] = {}
+            for start in range(0, len(keys), _MANY):
+                part = list(keys[start : start + _MANY])
+                marks = ", ".join("?" * len(part))
+                sql = (
+                    f"SELECT key, seq, content_type, value FROM results WHERE key IN ({marks})"
+                    " AND (expires_at IS NULL OR expires_at > ?)"
+                )
+                for key, seq, content_type, value in conn.execute(sql, [*part, now]):
+                    found[key] = Record(seq, content_type, bytes(value))
+            return found
+
+        return self._db.read(read)
 
     def _history(self, key: str, after_seq: int) -> list[Record]:
         params = {"key": key, "after": after_seq, "now": time.time()}
