@@ -176,7 +176,7 @@ _F_EXPIRATION, _F_MESSAGE_ID, _F_TIMESTAMP = (
     _B.FLAG_MESSAGE_ID,
     _B.FLAG_TIMESTAMP,
 )
-_INT32 = range(-(2**31), 2**31)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _short(value: str) -> bytes:
@@ -204,9 +204,11 @@ def _value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
-        return (
-            struct.pack(">ci", b"I", value) if value in _INT32 else struct.pack(">cq", b"l", value)
-        )
+        # A comparison, not ``in range(...)``: pika's ``long`` is an int subclass, and range
+        # membership of a subclass instance is a linear scan (billions of steps).
+        if _INT32_MIN <= value <= _INT32_MAX:
+            return struct.pack(">ci", b"I", value)
+        return struct.pack(">cq", b"l", value)
     if isinstance(value, float):
         return struct.pack(">cd", b"d", value)
     if isinstance(value, Mapping):
