@@ -276,3 +276,27 @@ def test_the_asyncio_face_broadcasts_without_blocking_the_loop(stack: Stack) -> 
         everyone, one_reply = asyncio.run(main())
         assert everyone == {A: {"ok": "pong"}}
         assert one_reply == [{A: {"ok": "pong"}}]
+
+
+def test_hello_shares_revoked_ids_between_workers(stack: Stack) -> None:
+    with stack.worker(hostname=A):
+        stack.app.control.revoke("known-here", destination=[A], reply=True)
+        reply = one(stack).hello("other@node", revoked=["known-there"])[A]
+        assert set(reply["revoked"]) == {"known-here", "known-there"}
+        assert reply["clock"] > 0
+        assert set(one(stack).revoked()[A]) == {"known-here", "known-there"}
+
+
+def test_a_connection_can_be_given_and_reused(stack: Stack) -> None:
+    with stack.worker(hostname=A), stack.app.connection() as conn:
+        for _ in range(2):
+            assert stack.app.control.ping(destination=[A], connection=conn) == [{A: {"ok": "pong"}}]
+
+
+def test_a_worker_without_remote_control_does_not_answer(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack("memory", "threads", worker_enable_remote_control=False)
+    with stack.worker(hostname=A):
+        assert stack.app.control.inspect(timeout=0.3).ping() is None
+        assert stack.tasks.add.delay(1, 2).get(timeout=TIMEOUT) == 3
