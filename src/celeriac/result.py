@@ -492,17 +492,24 @@ class ResultSet:
         self,
         connection: Any = None,
         terminate: bool = False,
-        signal: Any = None,
+        signal: str | int | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> None:
-        """Revoke every member (with remote control: ``app.control.revoke``)."""
-        control = cast(Any, self.app).control
-        control.revoke(
+        """Tell the workers not to run any member (one ``app.control.revoke`` for all).
+
+        Args:
+            connection: A broker connection to use.
+            terminate: Also stop members that are running (prefork pool).
+            signal: The signal to stop them with (``SIGTERM`` by default).
+            wait: Wait for the workers' replies (up to ``timeout`` seconds).
+            timeout: See ``wait``.
+        """
+        self.app.control.revoke(
             [result.id for result in self.results],
             connection=connection,
             terminate=terminate,
-            signal=signal,
+            signal=signal or "SIGTERM",
             reply=wait,
             timeout=timeout,
         )

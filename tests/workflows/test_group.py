@@ -7,6 +7,7 @@ from e2e_support import Stack, wait_until
 from workflow_support import TIMEOUT
 
 from celeriac import AsyncResult, GroupResult, group
+from celeriac.exceptions import TaskRevokedError
 from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
 
 
@@ -88,3 +89,15 @@ def test_a_group_sent_by_a_task_is_one_of_its_children(threads_stack: Stack) -> 
     assert collected[sent_group.id] == [0, 2, 4]
     assert [collected[member.id] for member in sent_group] == [0, 2, 4]
     assert collected[sent_task.id] == 6
+
+
+def test_a_revoked_group_runs_none_of_its_members(threads_stack: Stack) -> None:
+    wf = threads_stack.wf
+    result = group(wf.note.s(i) for i in range(3)).apply_async()
+    result.revoke()
+    with threads_stack.worker():
+        values = result.get(timeout=TIMEOUT, propagate=False)
+        with pytest.raises(TaskRevokedError):
+            result.get(timeout=TIMEOUT)
+    assert all(isinstance(value, TaskRevokedError) for value in values)
+    assert threads_stack.records("note") == []
