@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest pause between reconnection attempts.
 MAX_BACKOFF = 1.0
+#: How long a subscription may stay unconfirmed before it is asked for again.
+CONFIRM_RETRY = 0.5
 
 
 class SessionThread:
@@ -89,28 +91,31 @@ class SessionThread:
         """
         wanted = [c.encode() for c in channels]
         with self._cond:
-            new = [c for c in wanted if c not in self._wanted]
-            if not new:
+            if self._wanted.issuperset(wanted) and self._confirmed.issuperset(wanted):
                 return
-            self._wanted.update(new)
-            pubsub = self._pubsub
-        if pubsub is not None:
-            # Sending while the thread reads is safe (redis-py locks its writes); if it
-            # fails, the thread reconnects and subscribes to everything wanted.
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                pubsub.subscribe(*new)
-        self._await_confirmed(new, timeout)
+            self._wanted.update(wanted)
+        self._await_confirmed(wanted, timeout)
 
     def _await_confirmed(self, channels: list[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._confirmed.issuperset(channels):
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopped:
-                    raise redis.exceptions.ConnectionError(
-                        "could not subscribe to Redis wake-up channels in time"
-                    )
-                self._cond.wait(left)
+        while True:
+            with self._cond:
+                missing = [c for c in channels if c not in self._confirmed]
+                pubsub = self._pubsub
+            if not missing:
+                return
+            if time.monotonic() >= deadline or self._stopped:
+                raise redis.exceptions.ConnectionError(
+                    "could not subscribe to Redis wake-up channels in time"
+                )
+            if pubsub is not None:
+                # Sending while the thread reads is safe (redis-py locks its writes). A
+                # reconnection subscribes to everything wanted; asking twice is harmless.
+                with contextlib.suppress(Exception):
+                    pubsub.subscribe(*missing)
+            with self._cond:
+                if not self._confirmed.issuperset(missing):
+                    self._cond.wait(min(CONFIRM_RETRY, max(0.0, deadline - time.monotonic())))
 
     def wait(self, seen: int, timeout: float) -> None:
         """Block until ``generation`` differs from ``seen``, or ``timeout`` passed."""
@@ -164,7 +169,7 @@ class SessionThread:
                     self._subscribe()
                     backoff = 0.0
                 message = self._pubsub.get_message(timeout=max(0.0, next_beat - now))
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:  # this thread must outlive any error: it is the lease
                 self._drop(exc)
                 backoff = min(max(backoff * 2, 0.05), MAX_BACKOFF)
                 time.sleep(min(backoff, max(0.0, next_beat - time.monotonic())))
@@ -186,13 +191,23 @@ class SessionThread:
                     )
             except CONNECTION_ERRORS as exc:
                 logger.debug("Redis heartbeat failed (%s); will retry", exc)
+            except Exception:
+                logger.exception("Redis heartbeat failed; will retry")
 
     def _subscribe(self) -> None:
         pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         with self._cond:
-            channels = sorted(self._wanted)
+            channels = set(self._wanted)
+        try:
+            pubsub.subscribe(*channels)  # connects: from here on ``watch`` may send on it
+        except BaseException:
+            pubsub.close()
+            raise
+        with self._cond:
             self._pubsub = pubsub
-        pubsub.subscribe(*channels)
+            later = self._wanted - channels
+        if later:  # wanted while connecting
+            pubsub.subscribe(*later)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
