@@ -14,13 +14,30 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from e2e_support import PROJ, Stack, WorkerProcess
+from e2e_support import Stack, WorkerProcess
 
 import celeriac
 from celeriac import states
 from celeriac.events import Event, EventReceiver, State
 
 Collected = list[Event]
+
+#: The ``proj`` module of a ``celeriac -A proj worker -E`` subprocess.
+PROJ = """\
+from pathlib import Path
+
+from e2e_tasks import make_app
+
+from celeriac.signals import worker_ready
+
+WORKDIR = Path({workdir!r})
+app, tasks = make_app({url!r}, WORKDIR)
+
+
+@worker_ready.connect
+def announce(**_):
+    (WORKDIR / "worker.ready").touch()
+"""
 
 
 @contextmanager

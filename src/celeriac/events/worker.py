@@ -49,26 +49,30 @@ class WorkerEvents:
 
     Args:
         app: The worker's app (event settings, the shared Lamport clock).
-        connection: The worker's broker connection (events share its I/O thread).
         pool: The execution pool (for ``active`` and for when jobs start).
         hostname: The worker's node name.
         processed: Returns how many tasks the worker has finished.
         task_events: Send task events (``-E``, ``worker_send_task_events``).
         heartbeat_interval: Seconds between ``worker-heartbeat`` events.
+        connection: The connection to publish on; by default one of its own, opened on
+            the first event and closed by ``stop`` (as Celery's worker does: event traffic
+            never waits behind the consumer's fetches and acks).
     """
 
     def __init__(
         self,
         app: Celery,
-        connection: Connection,
         pool: Pool,
         hostname: str,
         processed: Callable[[], int],
         task_events: bool = False,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        connection: Connection | None = None,
     ) -> None:
+        self._owns_connection = connection is None
+        self.connection = connection or app.connection()
         self.dispatcher = EventDispatcher(
-            connection,
+            self.connection,
             hostname,
             exchange=app.conf.event_exchange,
             serializer=app.conf.event_serializer,
@@ -102,6 +106,8 @@ class WorkerEvents:
             self._heartbeat = None
         self._worker_event("worker-offline")
         await self._drain(STOP_TIMEOUT)
+        if self._owns_connection:
+            await self.connection.arun(self.connection.close)
 
     def enable_task_events(self) -> None:
         """Send task events from now on (the ``enable_events`` control command)."""

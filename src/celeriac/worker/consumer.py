@@ -81,7 +81,7 @@ class TaskConsumer:
         )
         self.in_flight = 0
         self.processed = 0
-        self.events = WorkerEvents(app, self.connection, pool, hostname, lambda: self.processed)
+        self.events = WorkerEvents(app, pool, hostname, lambda: self.processed)
         self.held: dict[str, tuple[Request, asyncio.TimerHandle]] = {}
         #: For remote control: ids not to run, the requests given to the pool (by id) and
         #: how many tasks of each name were given to it.
