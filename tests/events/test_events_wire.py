@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celery
+from celeriac import Celery, group, signature
 from celeriac.events import Event, EventDispatcher, EventReceiver, LamportClock
 from celeriac.events import event as event_module
 from celeriac.events.event import routing_key_for, utcoffset
@@ -247,3 +247,17 @@ def test_task_sent_events_go_with_the_task_when_enabled(memory_app: Celery) -> N
     assert event["root_id"] == result.id and event["parent_id"] is None
     route = (event["queue"], event["exchange"], event["routing_key"])
     assert route == ("celery", "celery", "celery")
+
+
+def test_a_group_sends_a_task_sent_event_per_member(memory_app: Celery) -> None:
+    memory_app.conf.task_send_sent_event = True
+    with memory_app.connection() as conn:
+        receiver = memory_app.events.Receiver(conn)
+        receiver.consume()
+        sigs = [signature("proj.add", (i, i), app=memory_app) for i in range(3)]
+        result = group(sigs).apply_async()
+        events = list(receiver.itercapture(limit=3, timeout=5))
+        receiver.close()
+    assert [e.type for e in events] == ["task-sent"] * 3
+    assert sorted(e["uuid"] for e in events) == sorted(r.id for r in result.results)
+    assert sorted(e["args"] for e in events) == ["(0, 0)", "(1, 1)", "(2, 2)"]

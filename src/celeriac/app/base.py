@@ -572,7 +572,8 @@ class Celery:
     ) -> None:
         """Add the ``task-sent`` event to the task's publish (one broker call for both)."""
         batch.append(self.events.task_sent(producer, message.headers, queue.name, exchange, key))
-        declare.append(self.events.exchange)
+        if self.events.exchange not in declare:
+            declare.append(self.events.exchange)
 
     def send_many(self, calls: Iterable[Call]) -> None:
         """Send several task messages in one publish (what a workflow's ``apply_async`` does).
@@ -588,7 +589,11 @@ class Celery:
         self._publish_signals(prepared, before=True, policy=policy)
         with self.producer_pool.acquire() as producer:
             batch = [self._outgoing(producer, m, ex, key, rest) for m, _, ex, key, rest in prepared]
-            producer.send(batch, declare=_queues(prepared), retry=retry, retry_policy=policy)
+            declare: list[Any] = _queues(prepared)
+            if self.conf.task_send_sent_event:
+                for m, queue, ex, key, _ in prepared:
+                    self._add_sent_event(producer, m, queue, ex, key, batch, declare)
+            producer.send(batch, declare=declare, retry=retry, retry_policy=policy)
         self._publish_signals(prepared, before=False, policy=policy)
 
     async def asend_many(self, calls: Iterable[Call]) -> None:
@@ -602,7 +607,11 @@ class Celery:
         try:
             producer = lease.producer
             batch = [self._outgoing(producer, m, ex, key, rest) for m, _, ex, key, rest in prepared]
-            await producer.asend(batch, declare=_queues(prepared), retry=retry, retry_policy=policy)
+            declare: list[Any] = _queues(prepared)
+            if self.conf.task_send_sent_event:
+                for m, queue, ex, key, _ in prepared:
+                    self._add_sent_event(producer, m, queue, ex, key, batch, declare)
+            await producer.asend(batch, declare=declare, retry=retry, retry_policy=policy)
         finally:
             lease.release()
         self._publish_signals(prepared, before=False, policy=policy)
