@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,8 @@ class Framework:
             *setup.extra,
         ]
         if self.name == "celery":
-            # Cluster chatter off, as Celery advises for throughput (celeriac has none yet).
+            # Cluster chatter off, as Celery advises for throughput (celeriac's only chatter
+            # is one heartbeat event every 2 s).
             command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         return command
 
@@ -561,6 +562,9 @@ def frameworks(args: argparse.Namespace) -> list[Framework]:
         fw.broker = args.broker
         if args.setups:
             fw.setups = parse_setups(args.setups)
+        if args.events and name == "celeriac":
+            # Task events on (-E): compare with a run without to see what they cost.
+            fw.setups = [replace(s, extra=(*s.extra, "-E")) for s in fw.setups]
         chosen.append(fw)
     return chosen
 
@@ -610,6 +614,7 @@ def main() -> None:
     )
     parser.add_argument("--frameworks", help="default: the three of the chosen broker")
     parser.add_argument("--setups", help="override the pools tried, e.g. solo:1,threads:4")
+    parser.add_argument("--events", action="store_true", help="celeriac workers send task events")
     parser.add_argument("--write", action="store_true", help="record in RESULTS.md")
     args = parser.parse_args()
 
