@@ -18,7 +18,8 @@ from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.control.commands import COMMANDS, commands_of
 from celeriac.control.mailbox import ControlRequest, Mailbox, ReplyTo, flatten_replies
 from celeriac.control.revoked import LOG_SPAN, RevokedSet, load_revokes, record_revokes
-from celeriac.worker.control import HANDLERS, signal_number
+from celeriac.worker.control import signal_number
+from celeriac.worker.pidbox import HANDLERS
 
 
 # -- the wire format -----------------------------------------------------------------------

@@ -1,10 +1,7 @@
-"""The remote-control client: ``app.control`` and ``app.control.inspect()``, as in Celery.
+"""The remote-control client: ``app.control``, as in Celery (``inspect()`` is in ``inspect``).
 
-``Control.broadcast`` publishes one request on the pidbox fanout exchange and, when a reply
-is wanted, collects the replies on a queue of its own until ``limit`` replies came (the
-number of destinations, when given) or ``timeout`` seconds passed. Each call uses a fresh
-reply queue, deleted afterwards, so concurrent calls never read each other's replies.
-``abroadcast`` does the same from asyncio code without blocking the loop.
+Each command is one ``Broadcast`` (``celeriac.control.broadcast``): a request published on
+the pidbox fanout exchange and, when asked for, the replies of the workers.
 
 ``revoke`` also writes the ids to the durable record in the result backend
 (``celeriac.control.revoked``), so workers that start later honour them too.
@@ -12,72 +9,30 @@ reply queue, deleted afterwards, so concurrent calls never read each other's rep
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from celeriac.control.mailbox import (
-    TRANSIENT,
-    ControlRequest,
-    Mailbox,
-    ReplyTo,
-    flatten_replies,
+from celeriac.control.broadcast import (
+    DEFAULT_TIMEOUT,
+    Broadcast,
+    Destination,
+    Reply,
+    ReplyCallback,
 )
+from celeriac.control.inspect import Inspect
+from celeriac.control.mailbox import Mailbox
 from celeriac.control.revoked import record_revokes
-from celeriac.exceptions import MissingDependency, SerializationError
-from celeriac.messaging.consumer import Consumer
-from celeriac.messaging.producer import Producer
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
     from celeriac.messaging.connection import Connection
     from celeriac.messaging.entities import Queue
-    from celeriac.messaging.message import Message
 
 logger = logging.getLogger(__name__)
 
-Reply = dict[str, Any]
-"""One node's reply as it travels: ``{hostname: reply}``."""
-ReplyCallback = Callable[[Reply], object]
-Destination = str | Sequence[str] | None
-
-#: Seconds a broadcast waits for replies when not told.
-DEFAULT_TIMEOUT = 1.0
-#: Longest wait between two looks at the reply queue. Wake-ups are hints on some
-#: transports (SQLite's may miss a reply queue made a moment ago): a short wait keeps a
-#: missed one from costing the whole timeout.
-REPLY_POLL = 0.05
-#: Replies taken at once. A window also makes push transports (RabbitMQ) consume the
-#: auto-delete reply queue with one standing consumer for the whole call.
-REPLY_PREFETCH = 64
 #: Celery's default signal for ``revoke(terminate=True)``.
 TERM_SIGNAME = "SIGTERM"
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One broadcast: the request, and where and how many replies to wait for."""
-
-    request: ControlRequest
-    reply_queue: Queue | None
-    limit: int | None
-
-    def wants_more(self, replies: int) -> bool:
-        return self.limit is None or replies < self.limit
-
-
-def _destination(destination: Destination) -> list[str] | None:
-    if destination is None:
-        return None
-    if isinstance(destination, str):
-        return [destination]
-    if not isinstance(destination, list | tuple):
-        raise ValueError(f"destination must be a node name or a list of them, not {destination!r}")
-    return [str(name) for name in destination]
 
 
 class Control:
@@ -113,73 +68,6 @@ class Control:
         )
 
     # -- broadcasting ---------------------------------------------------------------------
-    def _call(
-        self,
-        command: str,
-        arguments: dict[str, Any] | None,
-        destination: Destination,
-        reply: bool,
-        limit: int | None,
-        pattern: str | None,
-        matcher: str | None,
-    ) -> _Call:
-        names = _destination(destination)
-        if limit is None and names:
-            limit = len(names)
-        queue = ticket = route = None
-        if reply:
-            key = str(uuid.uuid4())
-            mailbox = self.mailbox
-            queue = mailbox.reply_queue(key)
-            ticket = str(uuid.uuid4())
-            route = ReplyTo(mailbox.reply_exchange.name, key)
-        request = ControlRequest(
-            command, dict(arguments or {}), names, pattern, matcher, ticket, route
-        )
-        return _Call(request, queue, limit)
-
-    def _publish_options(self, timeout: float) -> dict[str, Any]:
-        mailbox = self.mailbox
-        return {
-            "exchange": mailbox.exchange.name,
-            "declare": [mailbox.exchange],
-            "headers": {
-                "clock": self.app.clock.forward(),
-                "expires": time.time() + timeout if timeout else 0,
-            },
-            "serializer": mailbox.serializer,
-            "delivery_mode": TRANSIENT,
-            "retry": True,
-        }
-
-    def _reply_consumer(self, conn: Connection, call: _Call) -> Consumer | None:
-        if call.reply_queue is None:
-            return None
-        return Consumer(
-            conn,
-            call.reply_queue,
-            accept=self.mailbox.accept,
-            no_ack=True,
-            prefetch_count=REPLY_PREFETCH,
-        )
-
-    def _accept(self, message: Message, call: _Call, replies: list[Reply]) -> None:
-        """Keep ``message`` when it answers ``call`` (a late reply to another call is not)."""
-        clock = message.headers.get("clock")
-        if isinstance(clock, int):
-            self.app.clock.adjust(clock)
-        if message.headers.get("ticket", call.request.ticket) != call.request.ticket:
-            return
-        try:
-            body = message.decode()
-        except (SerializationError, MissingDependency) as exc:
-            logger.warning("Ignoring a remote-control reply that cannot be decoded: %s", exc)
-            return
-        if isinstance(body, dict):
-            replies.append(body)
-        else:
-            logger.warning("Ignoring a remote-control reply that is not a mapping: %r", body)
-
     def broadcast(
         self,
         command: str,
@@ -187,7 +75,7 @@ class Control:
         destination: Destination = None,
         connection: Connection | None = None,
         reply: bool = False,
-        timeout: float | None = 1.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         limit: int | None = None,
         callback: ReplyCallback | None = None,
         pattern: str | None = None,
@@ -213,64 +101,22 @@ class Control:
             ValueError: ``destination`` is not a name or a list of names.
             OperationalError: The broker could not be reached.
         """
-        call = self._call(
+        call = Broadcast.prepare(
+            self.app,
             command,
             {**(arguments or {}), **extra_arguments},
             destination,
             reply,
+            timeout,
             limit,
+            callback,
             pattern,
             matcher,
         )
-        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         if connection is not None:
-            return self._broadcast_on(connection, call, timeout, callback)
+            return call.send(connection)
         with self.app.connection() as conn:
-            return self._broadcast_on(conn, call, timeout, callback)
-
-    def _broadcast_on(
-        self, conn: Connection, call: _Call, timeout: float, callback: ReplyCallback | None
-    ) -> list[Reply] | None:
-        consumer = self._reply_consumer(conn, call)
-        if consumer is None:
-            Producer(conn, auto_declare=False).publish(
-                call.request.to_body(), "", **self._publish_options(timeout)
-            )
-            return None
-        consumer.consume()  # the reply queue exists before any worker can answer
-        try:
-            Producer(conn, auto_declare=False).publish(
-                call.request.to_body(), "", **self._publish_options(timeout)
-            )
-            replies: list[Reply] = []
-            deadline = time.monotonic() + timeout
-            while call.wants_more(len(replies)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                messages = consumer.fetch()
-                for message in messages:
-                    self._take(message, call, replies, callback)
-                if not messages:
-                    conn.transport.wait(min(remaining, REPLY_POLL))
-            return replies[: call.limit] if call.limit is not None else replies
-        finally:
-            consumer.cancel()
-            self._drop_reply_queue(conn, call)
-
-    def _take(
-        self, message: Message, call: _Call, replies: list[Reply], callback: ReplyCallback | None
-    ) -> None:
-        before = len(replies)
-        self._accept(message, call, replies)
-        if callback is not None and len(replies) > before and call.wants_more(before):
-            callback(replies[-1])
-
-    @staticmethod
-    def _drop_reply_queue(conn: Connection, call: _Call) -> None:
-        if call.reply_queue is not None:
-            with contextlib.suppress(Exception):  # it expires on its own anyway
-                conn.transport.delete_queue(call.reply_queue.name)
+            return call.send(conn)
 
     async def abroadcast(
         self,
@@ -279,7 +125,7 @@ class Control:
         destination: Destination = None,
         connection: Connection | None = None,
         reply: bool = False,
-        timeout: float | None = 1.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         limit: int | None = None,
         callback: ReplyCallback | None = None,
         pattern: str | None = None,
@@ -287,51 +133,25 @@ class Control:
         **extra_arguments: Any,
     ) -> list[Reply] | None:
         """``broadcast`` for asyncio code: the broker I/O does not block the event loop."""
-        call = self._call(
+        call = Broadcast.prepare(
+            self.app,
             command,
             {**(arguments or {}), **extra_arguments},
             destination,
             reply,
+            timeout,
             limit,
+            callback,
             pattern,
             matcher,
         )
-        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         if connection is not None:
-            return await self._abroadcast_on(connection, call, timeout, callback)
+            return await call.asend(connection)
         conn = self.app.connection()
         try:
-            return await self._abroadcast_on(conn, call, timeout, callback)
+            return await call.asend(conn)
         finally:
             await conn.arun(conn.close)
-
-    async def _abroadcast_on(
-        self, conn: Connection, call: _Call, timeout: float, callback: ReplyCallback | None
-    ) -> list[Reply] | None:
-        consumer = self._reply_consumer(conn, call)
-        producer = Producer(conn, auto_declare=False)
-        body = call.request.to_body()
-        if consumer is None:
-            await producer.apublish(body, "", **self._publish_options(timeout))
-            return None
-        await conn.arun(consumer.consume)
-        try:
-            await producer.apublish(body, "", **self._publish_options(timeout))
-            replies: list[Reply] = []
-            deadline = time.monotonic() + timeout
-            while call.wants_more(len(replies)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                messages = await consumer.afetch()
-                for message in messages:
-                    self._take(message, call, replies, callback)
-                if not messages:
-                    await conn.transport.await_ready(min(remaining, REPLY_POLL))
-            return replies[: call.limit] if call.limit is not None else replies
-        finally:
-            consumer.cancel()
-            await conn.arun(self._drop_reply_queue, conn, call)
 
     # -- commands -------------------------------------------------------------------------
     def ping(
@@ -478,111 +298,3 @@ class Control:
 def _purge(conn: Connection, queues: list[Queue]) -> int:
     conn.declare(*queues)  # purging a queue the broker does not have fails on some brokers
     return sum(conn.transport.purge(queue.name) for queue in queues)
-
-
-class Inspect:
-    """Read-only remote-control commands; each returns ``{hostname: reply}``, or None when
-    no worker replied within the timeout."""
-
-    def __init__(
-        self,
-        app: Celery,
-        destination: Destination = None,
-        timeout: float = 1.0,
-        callback: ReplyCallback | None = None,
-        connection: Connection | None = None,
-        limit: int | None = None,
-        pattern: str | None = None,
-        matcher: str | None = None,
-    ) -> None:
-        self.app = app
-        self.destination = destination
-        self.timeout = timeout
-        self.callback = callback
-        self.connection = connection
-        self.limit = limit
-        self.pattern = pattern
-        self.matcher = matcher
-
-    def _options(self) -> dict[str, Any]:
-        return {
-            "destination": self.destination,
-            "connection": self.connection,
-            "reply": True,
-            "timeout": self.timeout,
-            "limit": self.limit,
-            "callback": self.callback,
-            "pattern": self.pattern,
-            "matcher": self.matcher,
-        }
-
-    def request(self, command: str, **arguments: Any) -> dict[str, Any] | None:
-        """Send any command and gather the replies by node."""
-        replies = self.app.control.broadcast(command, arguments, **self._options())
-        return flatten_replies(replies) if replies else None
-
-    _request = request  # Celery's name
-
-    async def arequest(self, command: str, **arguments: Any) -> dict[str, Any] | None:
-        """``request`` for asyncio code."""
-        replies = await self.app.control.abroadcast(command, arguments, **self._options())
-        return flatten_replies(replies) if replies else None
-
-    def ping(self, destination: Destination = None) -> dict[str, Any] | None:
-        """``{hostname: {"ok": "pong"}}`` for every worker that answered."""
-        if destination:
-            self.destination = destination
-        return self.request("ping")
-
-    def active(self, safe: bool | None = None) -> dict[str, Any] | None:
-        """The tasks each worker is running (``safe``: argument reprs, not values)."""
-        return self.request("active", safe=bool(safe))
-
-    def reserved(self, safe: bool | None = None) -> dict[str, Any] | None:
-        """Tasks received and waiting for a pool slot (or their rate limit)."""
-        return self.request("reserved")
-
-    def scheduled(self, safe: bool | None = None) -> dict[str, Any] | None:
-        """Tasks held for their ETA: ``[{"eta", "priority", "request"}]``."""
-        return self.request("scheduled")
-
-    def stats(self) -> dict[str, Any] | None:
-        """Statistics: ``total``, ``pid``, ``uptime``, ``pool``, ``broker``, ``rusage``..."""
-        return self.request("stats")
-
-    def revoked(self) -> dict[str, Any] | None:
-        """The ids each worker holds as revoked."""
-        return self.request("revoked")
-
-    def registered(self, *taskinfoitems: str) -> dict[str, Any] | None:
-        """Registered task names, with ``taskinfoitems`` attributes (``rate_limit``...)."""
-        return self.request("registered", taskinfoitems=list(taskinfoitems))
-
-    registered_tasks = registered
-
-    def active_queues(self) -> dict[str, Any] | None:
-        """The queues each worker consumes from, with their exchanges and options."""
-        return self.request("active_queues")
-
-    def query_task(self, *ids: str | Sequence[str]) -> dict[str, Any] | None:
-        """``{hostname: {task_id: [state, info]}}`` for the given ids each worker holds."""
-        flat: list[str] = []
-        for item in ids:
-            flat.extend([item] if isinstance(item, str) else item)
-        return self.request("query_task", ids=flat)
-
-    def conf(self, with_defaults: bool = False) -> dict[str, Any] | None:
-        """Each worker's configuration (secrets masked); every setting with defaults."""
-        return self.request("conf", with_defaults=with_defaults)
-
-    def report(self) -> dict[str, Any] | None:
-        """Each worker's software and settings, for bug reports: ``{"ok": text}``."""
-        return self.request("report")
-
-    def clock(self) -> dict[str, Any] | None:
-        """Each worker's logical clock: ``{"clock": n}``."""
-        return self.request("clock")
-
-    def hello(self, from_node: str, revoked: Any = None) -> dict[str, Any] | None:
-        """What a starting worker asks the others: their revoked ids and clocks."""
-        return self.request("hello", from_node=from_node, revoked=revoked)

@@ -22,7 +22,8 @@ from celeriac.exceptions import EncodeError, MissingDependency, SerializationErr
 from celeriac.messaging.consumer import Consumer
 from celeriac.messaging.entities import Exchange
 from celeriac.messaging.producer import Producer
-from celeriac.worker.control import HANDLERS, ControlState, nok
+from celeriac.worker.control import CONTROL_HANDLERS, ControlState, Handler, nok
+from celeriac.worker.inspect import INSPECT_HANDLERS
 
 if TYPE_CHECKING:
     from celeriac.messaging.message import Message
@@ -34,6 +35,8 @@ logger = logging.getLogger("celeriac.worker")
 IDLE_WAIT = 1.0
 #: Longest pause between attempts while the broker cannot be reached.
 MAX_PAUSE = 2.0
+#: Every command's handler, by name.
+HANDLERS: dict[str, Handler] = {**INSPECT_HANDLERS, **CONTROL_HANDLERS}
 #: Requests taken at once. A window also makes push transports (RabbitMQ) keep one
 #: standing consumer on the queue: an auto-delete queue goes when its last consumer does.
 PREFETCH = 10
