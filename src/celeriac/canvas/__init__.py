@@ -16,7 +16,6 @@ from celeriac.canvas.signature import (
     SIGNATURE_KEYS,
     Call,
     Signature,
-    Workflow,
     from_dict,
     maybe_signature,
     maybe_subtask,
@@ -24,6 +23,7 @@ from celeriac.canvas.signature import (
     signatures,
     subtask,
 )
+from celeriac.canvas.workflow import Workflow
 
 __all__ = [
     "SIGNATURE_KEYS",

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.chord import chord, first_of
 from celeriac.canvas.group import group, maybe_unroll_group
-from celeriac.canvas.signature import Call, Signature, Workflow, as_member, maybe_signature
+from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature
+from celeriac.canvas.workflow import Workflow
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.group import group
-from celeriac.canvas.signature import Call, Signature, Workflow, as_member, maybe_signature
+from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature
+from celeriac.canvas.workflow import Workflow
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery

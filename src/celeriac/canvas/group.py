@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from celeriac.canvas.signature import Call, Signature, Workflow, as_member, maybe_signature
+from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature
+from celeriac.canvas.workflow import Workflow
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery

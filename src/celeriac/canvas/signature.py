@@ -20,12 +20,12 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
     from celeriac.app.task import Task
-    from celeriac.result import AnyResult, AsyncResult, EagerResult
+    from celeriac.result import AsyncResult, EagerResult
 
 R = TypeVar("R")
 
@@ -382,110 +382,6 @@ class Signature(dict[str, Any], Generic[R]):
 
     def __reduce__(self) -> Any:
         return (from_dict, (dict(self),))
-
-
-class Workflow(Signature[R]):
-    """A signature of several tasks (chain, group, chord): sent with one publish.
-
-    Subclasses fill in ``freeze`` (ids and places for every task), ``_calls`` (the
-    messages that start the workflow), ``_copy`` (copying their members too) and
-    ``apply`` (running it here, eagerly).
-    """
-
-    subtask_type_name: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.subtask_type_name:
-            SIGNATURE_TYPES[cls.subtask_type_name] = cls
-
-    def _start(
-        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: dict[str, Any]
-    ) -> tuple[Any, list[Call]]:
-        sig = self._copy()
-        result = sig.freeze(
-            options.pop("task_id", None),
-            group_id=options.pop("group_id", None),
-            chord=options.pop("chord", None),
-            root_id=options.get("root_id"),
-            parent_id=options.get("parent_id"),
-            group_index=options.pop("group_index", None),
-        )
-        return result, sig._calls(args, kwargs, options)
-
-    def apply_async(  # type: ignore[override]  # a group's result is a GroupResult
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> AnyResult:
-        """Send the workflow: every task that starts it, in one publish.
-
-        Returns the result of what finishes it (a chain's last task, a chord's body, a
-        group's ``GroupResult``), linked to the earlier ones through ``parent``.
-        """
-        app = self.app
-        if app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
-        adds_to_parent = options.pop("add_to_parent", True)
-        result, calls = self._start(args, kwargs, options)
-        app.send_many(calls)
-        if adds_to_parent:
-            _add_to_parent(result)
-        return result  # type: ignore[no-any-return]
-
-    async def aapply_async(  # type: ignore[override]  # a group's result is a GroupResult
-        self,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> AnyResult:
-        """``apply_async`` for asyncio code: the broker I/O does not block the loop."""
-        app = self.app
-        if app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
-        adds_to_parent = options.pop("add_to_parent", True)
-        result, calls = self._start(args, kwargs, options)
-        await app.asend_many(calls)
-        if adds_to_parent:
-            _add_to_parent(result)
-        return result  # type: ignore[no-any-return]
-
-    def _own_args(
-        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
-    ) -> tuple[list[Any], dict[str, Any]]:
-        """The call's partial arguments before the workflow's own (unless immutable)."""
-        own_args, own_kwargs = list(self["args"]), dict(self["kwargs"].get("kwargs") or {})
-        if self.immutable:
-            return own_args, own_kwargs
-        return [*(args or ()), *own_args], {**own_kwargs, **(kwargs or {})}
-
-    def _sending_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The workflow's own calling options (``.set(queue=...)``) under the call's."""
-        skip = ("task_id", "link", "link_error", *MEMBERSHIP_OPTIONS)
-        own = {k: v for k, v in self["options"].items() if k not in skip}
-        return {**own, **options}
-
-    def delay(self, *args: Any, **kwargs: Any) -> AnyResult:  # type: ignore[override]
-        """``apply_async`` with positional and keyword arguments."""
-        return self.apply_async(args, kwargs)
-
-    async def adelay(self, *args: Any, **kwargs: Any) -> AnyResult:  # type: ignore[override]
-        """``delay`` for asyncio code."""
-        return await self.aapply_async(args, kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Send the workflow (as Celery does when a workflow is called)."""
-        return self.apply_async(args, kwargs)
-
-
-def _add_to_parent(result: AnyResult) -> None:
-    """Record a workflow sent from inside a task among that task's children."""
-    from celeriac.app.state import current_request
-
-    parent = current_request.get()
-    if parent is not None and parent.id and not parent.called_directly:
-        parent.children.append(result)
 
 
 def from_dict(data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
