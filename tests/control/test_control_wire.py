@@ -174,3 +174,14 @@ def test_concurrent_revokes_in_one_span_are_all_kept(
     for i in range(20):
         record_revokes(backend, [f"t{i}"], now=now)
     assert set(load_revokes(backend, now=now)) == {f"t{i}" for i in range(20)}
+
+
+def test_the_rpc_backend_keeps_no_record_and_reads_none() -> None:
+    app = Celery(
+        "rpc", broker=f"memory://{uuid.uuid4().hex}", backend="rpc://", set_as_current=False
+    )
+    try:
+        record_revokes(app.backend, ["a"])
+        assert load_revokes(app.backend) == {}
+    finally:
+        app.close()

@@ -14,7 +14,10 @@ few hours. Appending is atomic in every backend, so concurrent revokes never los
 other (no read-modify-write of a shared set).
 
 A revoke is kept ``REVOKE_EXPIRES`` seconds (three hours) and a worker keeps at most
-``REVOKES_MAX`` ids, as Celery's workers do.
+``REVOKES_MAX`` ids, as Celery's workers do. The rpc backend keeps nothing shared (a
+client reads only its own results), so with it there is no record: only workers running
+at the time honour a revoke, as with Celery. Redis keeps ``history_limit`` (1,000) entries
+per log: beyond that many revoke calls in one hour, the oldest of that hour are dropped.
 """
 
 from __future__ import annotations
@@ -101,6 +104,13 @@ class RevokedSet:
         return self.terminated.pop(task_id, None)
 
 
+def keeps_record(backend: ResultBackend) -> bool:
+    """Whether ``backend`` is storage every process shares (the rpc backend is not)."""
+    from celeriac.backends.rpc import RPCBackend
+
+    return not isinstance(backend, RPCBackend)
+
+
 def _log_key(span: int) -> str:
     return f"{LOG_PREFIX}{span}"
 
@@ -111,7 +121,10 @@ def record_revokes(
     now: float | None = None,
     expires: float = REVOKE_EXPIRES,
 ) -> None:
-    """Write revoked ids to the durable record, for workers that start later."""
+    """Write revoked ids to the durable record, for workers that start later (nothing is
+    written where the backend keeps no shared record)."""
+    if not keeps_record(backend):
+        return
     moment = time.time() if now is None else now
     span = int(moment // LOG_SPAN)
     # The log must outlive its last possible entry: one written at the end of its span.
@@ -127,6 +140,8 @@ def load_revokes(
 
     One span either side of the live ones is read too, for clocks that disagree a little.
     """
+    if not keeps_record(backend):
+        return {}
     moment = time.time() if now is None else now
     first = int((moment - expires) // LOG_SPAN) - 1
     last = int(moment // LOG_SPAN) + 1
