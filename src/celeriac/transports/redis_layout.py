@@ -14,7 +14,9 @@ key                         type     contents
 ``P bindings``              hash     JSON ``[exchange, queue, routing_key, arguments]`` -> 1
 ``P seq``                   string   message sequence counter
 ``P messages``              hash     message id -> payload (``meta JSON`` ``\\n`` ``body``)
-``P deliveries``            hash     message id -> times delivered (absent: never)
+``P deliveries``            hash     message id -> deliveries that ended unsettled (the
+                                     message came back: requeued, or its session died);
+                                     absent: none, so the next delivery is not redelivered
 ``P ready:<queue>``         zset     ids of ready messages, score = id (see below)
 ``P deferred:<queue>``      zset     ids hidden by ``defer``, score = due time (epoch s)
 ``P expiring``              zset     ``<id>|<queue>`` of messages with a TTL, score = expiry
@@ -37,7 +39,7 @@ every id is below 2**53 (exact in Lua's doubles). Each queue holds its own copy 
 Leases: a fetch moves ids from ``ready:<queue>`` to ``held:<session>`` in the same script,
 and an ack deletes them; no window loses a message. A session renews its heartbeat from a
 background thread. It is dead, and any other session moves its held messages back to their
-queues (where their delivery count marks them redelivered), when its heartbeat is older
+queues (where their ``deliveries`` count marks them redelivered), when its heartbeat is older
 than its lease, or when its ``alive`` subscription is gone (the process died, closing its
 connections) and its heartbeat is older than its grace. After a Redis restart no session is
 judged before it had its grace (resp. lease) to come back: leases survive restarts.
@@ -98,8 +100,14 @@ local function push(queue, id)
   redis.call('ZADD', key, id, id)
 end
 
+-- A leased message goes back (not acked): one more delivery that did not settle it.
 local function requeue(queue, id)
-  if redis.call('HEXISTS', QUEUES, queue) == 1 then push(queue, id) else forget({id}) end
+  if redis.call('HEXISTS', QUEUES, queue) == 1 then
+    redis.call('HINCRBY', DELIVERIES, id, 1)
+    push(queue, id)
+  else
+    forget({id})
+  end
 end
 
 local function wake_waiters()
@@ -121,9 +129,13 @@ end
 -- Ack: delete the listed ids this session holds; returns the ids it no longer held.
 local function settle(held, ids, expiring)
   local ours, lost = {}, {}
-  for _, id in ipairs(ids) do
-    if redis.call('HDEL', held, id) == 1 then ours[#ours + 1] = id else lost[#lost + 1] = id end
-  end
+  each_chunk(ids, function(e, s)
+    local queues = redis.call('HMGET', held, unpack(ids, s, e))
+    for k = s, e do
+      if queues[k - s + 1] then ours[#ours + 1] = ids[k] else lost[#lost + 1] = ids[k] end
+    end
+  end)
+  each_chunk(ours, function(e, s) redis.call('HDEL', held, unpack(ours, s, e)) end)
   forget(ours)
   each_chunk(expiring, function(e, s) redis.call('ZREM', EXPIRING, unpack(expiring, s, e)) end)
   return lost
@@ -210,7 +222,7 @@ end
 #: ending dead sessions (when ``reap`` is 1), moving expired messages into the lease for
 #: the client to dead-letter (``sweep``) and making due deferred messages ready.
 #: ARGV: session, grace, lease, now, limit, reap, sweep, acks list, expiring list, queues
-#: list. Reply: {{queue, id, times delivered before, payload}..., {queue, id, payload}...
+#: list. Reply: {{queue, id, earlier unsettled deliveries, payload}..., {queue, id, payload}...
 #: dying, lost ack ids, next due time or ''}.
 FETCH: Final = (
     _PRELUDE
@@ -239,22 +251,28 @@ for _, queue in ipairs(queues) do
     for _, id in ipairs(due) do push(queue, id) end
   end
   consider(redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES'))
-  if taken < limit then
-    local popped = redis.call('ZPOPMIN', ready_key(queue), limit - taken)
-    for p = 1, #popped, 2 do
-      local id = popped[p]
-      local payload = redis.call('HGET', MESSAGES, id)
-      if payload then
-        redis.call('HSET', held, id, queue)
+  local popped = {}
+  if taken < limit then popped = redis.call('ZPOPMIN', ready_key(queue), limit - taken) end
+  if #popped > 0 then
+    local ids = {}
+    for p = 1, #popped, 2 do ids[#ids + 1] = popped[p] end
+    local payloads = redis.call('HMGET', MESSAGES, unpack(ids))
+    local counts = redis.call('HMGET', DELIVERIES, unpack(ids))
+    local leases = {}
+    for k, id in ipairs(ids) do
+      if payloads[k] then
+        leases[#leases + 1] = id
+        leases[#leases + 1] = queue
         out[#out + 1] = queue
         out[#out + 1] = id
-        out[#out + 1] = redis.call('HINCRBY', DELIVERIES, id, 1) - 1
-        out[#out + 1] = payload
+        out[#out + 1] = tonumber(counts[k]) or 0
+        out[#out + 1] = payloads[k]
         taken = taken + 1
       else
         redis.call('HDEL', DELIVERIES, id)
       end
     end
+    if #leases > 0 then redis.call('HSET', held, unpack(leases)) end
   end
 end
 consider(redis.call('ZRANGE', EXPIRING, 0, 0, 'WITHSCORES'))
@@ -375,7 +393,6 @@ for k = 3, #ARGV, 2 do
     redis.call('HDEL', held, id)
     if redis.call('HEXISTS', QUEUES, queue) == 1 then
       redis.call('ZADD', deferred_key(queue), due, id)
-      if redis.call('HINCRBY', DELIVERIES, id, -1) <= 0 then redis.call('HDEL', DELIVERIES, id) end
       notify[queue] = true
     else
       forget({id})
