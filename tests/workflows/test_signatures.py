@@ -166,6 +166,14 @@ def test_a_group_publishes_every_member_in_one_transport_call(
     assert [m.headers["id"] for m in messages] == [r.id for r in result.results]
 
 
+def test_a_group_refuses_links_when_sent(tasks: Any) -> None:
+    members = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
+    with pytest.raises(TypeError, match="use a chord"):
+        members.apply_async(link=tasks.tsum.s())
+    with pytest.raises(TypeError, match="link_error"):
+        members.apply_async(link_error=tasks.tsum.s())
+
+
 def test_partial_arguments_of_a_group_go_to_every_member(tasks: Any, app: Celery) -> None:
     group(tasks.add.s(1), tasks.add.s(2)).apply_async((10,))
     assert [m.decode()[0] for m in receive_all(app)] == [[10, 1], [10, 2]]
@@ -215,9 +223,11 @@ class TestEagerMode:
         return tasks
 
     def test_a_chain_runs_each_step_with_the_previous_result(self, eager: Any) -> None:
-        result = (eager.add.s(1, 1) | eager.add.s(10) | eager.add.s(100)).apply_async()
-        assert result.get() == 112
-        assert result.parent.get() == 12
+        result = (eager.add.s(1, 1) | eager.add.s(10) | eager.add.s(100)).apply_async(
+            task_id="last"
+        )
+        assert result.get() == 112 and result.id == "last"
+        assert result.parent.get() == 12 and result.parent.id != "last"
 
     def test_a_group_runs_every_member(self, eager: Any) -> None:
         result = group(eager.add.s(i, i) for i in range(4)).apply_async()

@@ -162,7 +162,7 @@ class chain(Workflow[Any]):
         from celeriac import states
 
         sig = self._copy()
-        sig.freeze()
+        sig.freeze(options.pop("task_id", None))
         partial_args, partial_kwargs = sig._own_args(args, kwargs)
         previous: AnyResult | None = None
         for step in sig.tasks:

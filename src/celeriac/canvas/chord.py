@@ -153,9 +153,11 @@ class chord(Workflow[Any]):
         **options: Any,
     ) -> AnyResult:
         """Run the header here, then the body with its results; returns the body's result."""
-        partial_args, partial_kwargs = self._own_args(args, kwargs)
-        values = self.tasks.apply(partial_args, partial_kwargs).get(propagate=propagate)
-        return self.body.apply((values,), **options)
+        sig = self._copy()
+        sig.freeze(options.pop("task_id", None))
+        partial_args, partial_kwargs = sig._own_args(args, kwargs)
+        values = sig.tasks.apply(partial_args, partial_kwargs).get(propagate=propagate)
+        return sig.body.apply((values,), **options)
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         """``chord(header)(body)``: send the chord with this body."""

@@ -99,7 +99,11 @@ class group(Workflow[list[Any]]):
         """Send every member in one publish; ``args`` are prepended to each one's.
 
         Returns the GroupResult (call its ``save()`` to be able to ``restore`` it by id).
+
+        Raises:
+            TypeError: ``link``/``link_error`` given: link the members, or use a chord.
         """
+        _refuse_links(options)
         return cast("GroupResult", super().apply_async(args, kwargs, **options))
 
     async def aapply_async(  # type: ignore[override]  # a group's result is a GroupResult
@@ -109,6 +113,7 @@ class group(Workflow[list[Any]]):
         **options: Any,
     ) -> GroupResult:
         """``apply_async`` for asyncio code: the broker I/O does not block the loop."""
+        _refuse_links(options)
         return cast("GroupResult", await super().aapply_async(args, kwargs, **options))
 
     def delay(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]
@@ -204,3 +209,10 @@ def maybe_unroll_group(sig: Signature[Any]) -> Signature[Any]:
     if isinstance(sig, group) and len(sig.tasks) == 1:
         return sig.tasks[0]
     return sig
+
+
+def _refuse_links(options: Mapping[str, Any]) -> None:
+    if options.get("link") is not None:
+        raise TypeError("a group takes no link: use a chord, group(...) | callback")
+    if options.get("link_error") is not None:
+        raise TypeError("a group takes no link_error: use group.link_error(errback)")
