@@ -315,16 +315,30 @@ local copies = tonumber(ARGV[i])
 i = i + 1
 local base = 0
 if copies > 0 then base = redis.call('INCRBY', P .. 'seq', copies) - copies end
+local stored, ready, order = {}, {}, {}
 for c = 1, copies do
   local origin, queue, priority = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
   local payload, expires = ARGV[i + 3], ARGV[i + 4]
   i = i + 5
   if origin == 0 or alive[origin] then
     local id = string.format('%.0f', (255 - priority) * 35184372088832 + base + c)
-    redis.call('HSET', MESSAGES, id, payload)
-    push(queue, id)
+    stored[#stored + 1] = id
+    stored[#stored + 1] = payload
+    if ready[queue] == nil then
+      ready[queue] = {}
+      order[#order + 1] = queue
+    end
+    local members = ready[queue]
+    members[#members + 1] = id
+    members[#members + 1] = id
     if expires ~= '' then redis.call('ZADD', EXPIRING, expires, id .. '|' .. queue) end
   end
+end
+each_chunk(stored, function(e, s) redis.call('HSET', MESSAGES, unpack(stored, s, e)) end)
+for _, queue in ipairs(order) do
+  local key, members = ready_key(queue), ready[queue]
+  if woken[queue] == nil then woken[queue] = redis.call('EXISTS', key) == 0 end
+  each_chunk(members, function(e, s) redis.call('ZADD', key, unpack(members, s, e)) end)
 end
 local limits = tonumber(ARGV[i])
 i = i + 1
