@@ -374,8 +374,7 @@ class AMQPTransport(Transport):
             ConnectionError: Not connected, or the outcome of a confirmed publish is unknown.
         """
         session = self.session
-        if not session.ready.is_set():
-            raise ConnectionError("not connected to RabbitMQ")
+        session.wait_ready()
         future: Future[None] = Future()
         count = len(wires)
 
@@ -388,10 +387,11 @@ class AMQPTransport(Transport):
             with self._cond:
                 self._queued_publishes -= count
                 self._cond.notify_all()
-            if not session.ready.is_set():
+            if confirmed and not session.ready.is_set() and not session.connected:
                 future.set_exception(ConnectionError("lost the RabbitMQ connection"))
                 return
-            channel.run(run)
+            # Not sent yet, so not lost: it goes out once the session is restored.
+            session.when_ready(lambda: channel.run(run))
 
         with self._cond:
             self._cond.wait_for(lambda: self._queued_publishes < MAX_QUEUED_PUBLISHES, CALL_TIMEOUT)
@@ -501,8 +501,7 @@ class AMQPTransport(Transport):
         got = self._take(queues, limit)
         if got or limit <= 0:
             return got
-        if not self.session.ready.is_set():
-            raise ConnectionError("not connected to RabbitMQ")
+        self.session.wait_ready()
         push = [q for q in queues if q in self._windows]
         pull = [q for q in queues if q not in self._windows]
         if push:

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 #: First and longest pause between reconnection attempts, in seconds.
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 1.0
+#: Longest wait for the session to be ready (a channel being reopened, a reconnection)
+#: before a call fails with ConnectionError and leaves it to the caller's retry policy.
+READY_WAIT = 2.0
 
 Done = Callable[[Any], None]
 ChannelOp = Callable[[Channel], None]
@@ -256,6 +259,7 @@ class Session:
         self.closing = False
         self._started: Future[None] = Future()
         self._posted: deque[Callable[[], None]] = deque()
+        self._on_ready: list[Callable[[], None]] = []
         self._wake_pending = False
         self._backoff = FIRST_BACKOFF
         self._thread = threading.Thread(target=self._run, name="celeriac-amqp", daemon=True)
@@ -319,6 +323,15 @@ class Session:
             except Exception:
                 logger.exception("AMQP command failed on the network thread")
 
+    def wait_ready(self, timeout: float = READY_WAIT) -> None:
+        """Return once connected and restored.
+
+        Raises:
+            ConnectionError: Still not ready after ``timeout`` seconds (or closed).
+        """
+        if not self.ready.wait(timeout) or self.closing:
+            raise ConnectionError("not connected to RabbitMQ")
+
     def call(
         self, channel: SessionChannel, op: Callable[[Channel, Done], None], timeout: float = 30.0
     ) -> Any:
@@ -328,11 +341,15 @@ class Session:
             ConnectionError: Not connected, or the connection went while waiting.
             NotFound, ImproperlyConfigured, OperationalError: The broker closed the channel.
         """
+        self.wait_ready()
         future: Future[Any] = Future()
 
         def start() -> None:
             if not self.ready.is_set():
-                future.set_exception(ConnectionError("not connected to RabbitMQ"))
+                if self.connected:
+                    self._on_ready.append(start)  # a channel is being reopened: soon
+                else:
+                    future.set_exception(ConnectionError("not connected to RabbitMQ"))
                 return
             done = channel.track(future)
 
@@ -375,6 +392,22 @@ class Session:
         self.ready.set()
         if not self._started.done():
             self._started.set_result(None)
+        waiting, self._on_ready = self._on_ready, []
+        for op in waiting:
+            op()
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open (ready or still restoring)."""
+        conn = self.connection
+        return conn is not None and conn.is_open and not self.closing
+
+    def when_ready(self, op: Callable[[], None]) -> None:
+        """Run ``op`` now if ready, else once the session is connected and restored again."""
+        if self.ready.is_set():
+            op()
+        else:
+            self._on_ready.append(op)
 
     def _on_open_error(self, _conn: Any, error: BaseException) -> None:
         self.connection = None
