@@ -115,7 +115,7 @@ def test_a_disabled_dispatcher_sends_nothing_and_groups_filter(memory_app: Celer
         raw = tap(conn)
         off = EventDispatcher(conn, "w1", enabled=False)
         assert off.send("worker-heartbeat") is None
-        assert off.put("task-received", uuid="x") is None
+        assert off.put("task-received", uuid="x") is False
         workers_only = EventDispatcher(conn, "w1", groups=["worker"])
         assert workers_only.send("task-received", uuid="x") is None
         assert workers_only.send("worker-heartbeat") is not None

@@ -98,7 +98,8 @@ class EventDispatcher:
             connection, exchange=self.exchange, serializer=serializer, auto_declare=False
         )
         self._headers = {"hostname": self.hostname}
-        self._buffer: deque[Event] = deque()
+        #: Buffered events, already in their wire form (no object per event).
+        self._buffer: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
         self._offset = utcoffset()
         self._offset_checked = time.monotonic()
@@ -117,11 +118,14 @@ class EventDispatcher:
     def event(self, event_type: str, **fields: Any) -> Event:
         """A new event from this sender (advances the clock; sends nothing)."""
         now = time.time()
-        if time.monotonic() - self._offset_checked > _OFFSET_TTL:
-            self._offset, self._offset_checked = utcoffset(), time.monotonic()
+        self._check_offset()
         return Event(
             event_type, self.hostname, now, self._offset, self.pid, self.clock.forward(), fields
         )
+
+    def _check_offset(self) -> None:
+        if time.monotonic() - self._offset_checked > _OFFSET_TTL:
+            self._offset, self._offset_checked = utcoffset(), time.monotonic()
 
     # -- sending now ----------------------------------------------------------------------
     def send(
@@ -158,27 +162,34 @@ class EventDispatcher:
         await self.connection.arun(self._producer.send, [outgoing], [self.exchange])
         return event
 
-    def outgoing_for(self, event: Event) -> Outgoing:
-        """The message that carries ``event`` alone (for callers batching their own sends)."""
-        return self._prepare(event.encode(), routing_key_for(event.type))
-
     # -- buffering ------------------------------------------------------------------------
     @property
     def buffered(self) -> int:
         """Events waiting for the next flush."""
         return len(self._buffer)
 
-    def put(self, event_type: str, **fields: Any) -> Event | None:
-        """Buffer an event for the next flush (no I/O); None when disabled for this type."""
-        if not self.wants(event_type):
-            return None
-        event = self.event(event_type, **fields)
+    def put(self, event_type: str, **fields: Any) -> bool:
+        """Buffer an event for the next flush (no I/O); False when disabled for this type.
+
+        The hot path of a worker with task events on: the event is made in its wire form
+        at once (the common fields win over same-named ones in ``fields``).
+        """
+        if not self.enabled or (
+            self.groups is not None and group_from(event_type) not in self.groups
+        ):
+            return False
+        fields["type"] = event_type
+        fields["hostname"] = self.hostname
+        fields["timestamp"] = time.time()
+        fields["utcoffset"] = self._offset
+        fields["pid"] = self.pid
+        fields["clock"] = self.clock.forward()
         with self._lock:
-            self._buffer.append(event)
+            self._buffer.append(fields)
             if len(self._buffer) > MAX_BUFFER:
                 self._buffer.popleft()
                 self.dropped += 1
-        return event
+        return True
 
     def flush(self) -> int:
         """Publish the buffered events in one broker call; returns how many were sent.
@@ -208,29 +219,31 @@ class EventDispatcher:
             raise
         return len(events)
 
-    def _take(self) -> tuple[list[Event], list[Outgoing]]:
+    def _take(self) -> tuple[list[dict[str, Any]], list[Outgoing]]:
+        self._check_offset()
         with self._lock:
             events = list(self._buffer)
             self._buffer.clear()
         return events, self._messages(events)
 
-    def _give_back(self, events: list[Event]) -> None:
+    def _give_back(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
             self._buffer.extendleft(reversed(events))
             while len(self._buffer) > MAX_BUFFER:
                 self._buffer.popleft()
                 self.dropped += 1
 
-    def _messages(self, events: Sequence[Event]) -> list[Outgoing]:
+    def _messages(self, events: Sequence[dict[str, Any]]) -> list[Outgoing]:
         """Batched groups as lists of at most ``MAX_EVENTS_PER_MESSAGE``; others one each."""
         batches: dict[str, list[dict[str, Any]]] = {}
         messages: list[Outgoing] = []
         for event in events:
-            group = event.group
+            event_type = event["type"]
+            group = group_from(event_type)
             if group in BATCHED_GROUPS:
-                batches.setdefault(group, []).append(event.encode())
+                batches.setdefault(group, []).append(event)
             else:
-                messages.extend(self._encoded([event.encode()], routing_key_for(event.type)))
+                messages.extend(self._encoded([event], routing_key_for(event_type)))
         for group, bodies in batches.items():
             for start in range(0, len(bodies), MAX_EVENTS_PER_MESSAGE):
                 chunk = bodies[start : start + MAX_EVENTS_PER_MESSAGE]
