@@ -242,3 +242,14 @@ def test_a_prefork_worker_started_with_dash_e_reports_tasks(
     check_task_lifecycle(seen, fail.id, "e2e.fail")
     assert of(seen, "task-failed", fail.id)[0]["exception"] == "ValueError('in a child', 42)"
     assert all(e.pid == process.pid for e in seen if e.group == "task")
+
+
+def test_a_heartbeat_can_be_asked_for_between_beats(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack("memory", "threads")
+    seen: Collected = []
+    with listening(stack) as receiver, stack.worker(heartbeat_interval=60) as worker:
+        collect(receiver, seen, has("worker-online"))
+        events = worker.consumer.events  # type: ignore[union-attr]
+        worker._loop.call_soon_threadsafe(events.heartbeat)  # type: ignore[union-attr]
+        collect(receiver, seen, has("worker-heartbeat"), timeout=5)
+    assert of(seen, "worker-heartbeat")[0]["freq"] == 60

@@ -109,6 +109,12 @@ class WorkerEvents:
         if self._owns_connection:
             await self.connection.arun(self.connection.close)
 
+    def heartbeat(self) -> None:
+        """Send a ``worker-heartbeat`` now (Celery's ``heartbeat`` control command: a
+        monitor that just started asks for one so it need not wait for the next beat)."""
+        if not self._stopping:
+            self._worker_event("worker-heartbeat")
+
     def enable_task_events(self) -> None:
         """Send task events from now on (the ``enable_events`` control command)."""
         self.task_events = True
