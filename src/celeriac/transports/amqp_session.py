@@ -450,8 +450,8 @@ class Session:
 
     def channel_closed(self, channel: SessionChannel, reason: BaseException) -> None:
         """A channel was closed by the broker; the main one takes its consumers with it."""
-        if channel is not self.main or self.connection is None or self.closing:
-            return
+        if channel is not self.main or not self.connected:
+            return  # a closing connection takes its channels with it: _on_close handles it
         logger.warning("RabbitMQ closed the main channel (%s); reopening it", reason)
         self.ready.clear()
         self._new_epoch()
