@@ -189,3 +189,22 @@ def test_binding_to_a_missing_exchange_raises_not_found_and_creates_nothing(
             transport.declare_queue(Queue("q2", bindings=[Binding(Exchange("nowhere"))]))
         conn.Producer().publish("to q2?", "q2")
         assert transport.queue_length("q2") == 0
+
+
+def test_a_private_queue_declared_again_by_a_new_session_outlives_the_old_one(
+    url: str, prefix: str
+) -> None:
+    # A worker restarted under the same name declares its private (pidbox) queue again
+    # while its dead predecessor still owns it: ending the old session must not delete it.
+    options = {"global_keyprefix": prefix}
+    queue = Queue("worker1.pidbox", auto_delete=True)
+    old, new = Connection(url, options), Connection(url, options)
+    old.declare(queue)
+    new.declare(queue)
+    old.close()
+    new.Producer().publish("ping", queue.name)
+    assert new.transport.queue_length(queue.name) == 1
+    new.close()
+    with Connection(url, options) as later:
+        later.Producer().publish("ping", queue.name)
+        assert later.transport.queue_length(queue.name) == 0

@@ -24,6 +24,8 @@ key                         type     contents
 ``P leases``                hash     session id -> ``"<grace> <lease>"`` (seconds)
 ``P held:<session>``        hash     message id -> queue, for messages leased to a session
 ``P owned:<session>``       set      exclusive / auto-delete queues a session declared
+``P owners``                hash     queue -> the session that owns it (the latest to
+                                     declare it: a restarted worker takes its queues over)
 ==========================  =======  ======================================================
 
 Channels: ``P wake:<queue>`` is published to when a queue goes from empty to non-empty
@@ -162,6 +164,7 @@ end
 
 local function delete_queue(queue)
   redis.call('HDEL', QUEUES, queue)
+  redis.call('HDEL', P .. 'owners', queue)
   empty_zset(ready_key(queue), queue)
   empty_zset(deferred_key(queue), queue)
   delete_bindings(2, queue)
@@ -175,7 +178,9 @@ local function end_session(session)
   for e = 1, #entries, 2 do requeue(entries[e + 1], entries[e]) end
   redis.call('DEL', held)
   local owned = P .. 'owned:' .. session
-  for _, queue in ipairs(redis.call('SMEMBERS', owned)) do delete_queue(queue) end
+  for _, queue in ipairs(redis.call('SMEMBERS', owned)) do
+    if redis.call('HGET', P .. 'owners', queue) == session then delete_queue(queue) end
+  end
   redis.call('DEL', owned)
   redis.call('ZREM', SESSIONS, session)
   redis.call('HDEL', LEASES, session)
@@ -492,6 +497,7 @@ for k = 7, #ARGV, 2 do changed = changed + redis.call('HSETNX', BINDINGS, ARGV[k
 if ARGV[2] ~= '' then
   register(ARGV[2], ARGV[3], ARGV[4])
   redis.call('SADD', P .. 'owned:' .. ARGV[2], ARGV[5])
+  redis.call('HSET', P .. 'owners', ARGV[5], ARGV[2])
 end
 if changed > 0 then redis.call('INCR', TOPOLOGY) end
 return ''
