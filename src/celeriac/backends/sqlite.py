@@ -66,12 +66,15 @@ ORDER BY seq
 """
 
 
-_CHORD_DONE = """
-SELECT 1 FROM chords_done WHERE group_id = ? AND (expires_at IS NULL OR expires_at > ?)
-"""
+_CHORD_STATE = "SELECT done, expires_at FROM chords WHERE group_id = ?"
 _CHORD_ADD = """
 INSERT INTO chord_parts (group_id, task_id, idx, content_type, value, expires_at)
 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, task_id) DO NOTHING
+"""
+_CHORD_COUNT = """
+INSERT INTO chords (group_id, received, expires_at) VALUES (?, 1, ?)
+ON CONFLICT(group_id) DO UPDATE SET received = received + 1, expires_at = excluded.expires_at
+RETURNING received
 """
 _CHORD_PARTS = """
 SELECT task_id, idx, content_type, value FROM chord_parts WHERE group_id = ? ORDER BY idx, rowid
@@ -82,22 +85,24 @@ def _add_chord_part(
     conn: sqlite3.Connection, group_id: str, part: ChordPart, size: int, expires_at: float | None
 ) -> list[ChordPart] | None:
     """One report to a chord, inside the caller's transaction (see ``_chord_part``)."""
-    if conn.execute(_CHORD_DONE, (group_id, time.time())).fetchone() is not None:
-        return None
+    state = conn.execute(_CHORD_STATE, (group_id,)).fetchone()
+    if state is not None:
+        done, old_expiry = state
+        if old_expiry is not None and old_expiry <= time.time():
+            # Expired reads as missing: the chord counts afresh.
+            conn.execute("DELETE FROM chords WHERE group_id = ?", (group_id,))
+            conn.execute("DELETE FROM chord_parts WHERE group_id = ?", (group_id,))
+        elif done:
+            return None
     row = (group_id, part.task_id, part.group_index, part.content_type, part.value, expires_at)
     if conn.execute(_CHORD_ADD, row).rowcount == 0:
         return None  # This task was counted already (its message was delivered again).
-    (count,) = conn.execute(
-        "SELECT COUNT(*) FROM chord_parts WHERE group_id = ?", (group_id,)
-    ).fetchone()
-    if count < size:
+    (received,) = conn.execute(_CHORD_COUNT, (group_id, expires_at)).fetchone()
+    if received < size:
         return None
     rows = conn.execute(_CHORD_PARTS, (group_id,)).fetchall()
     conn.execute("DELETE FROM chord_parts WHERE group_id = ?", (group_id,))
-    conn.execute(
-        "INSERT OR REPLACE INTO chords_done (group_id, expires_at) VALUES (?, ?)",
-        (group_id, expires_at),
-    )
+    conn.execute("UPDATE chords SET done = 1 WHERE group_id = ?", (group_id,))
     return [ChordPart(task_id, idx, ctype, bytes(value)) for task_id, idx, ctype, value in rows]
 
 
@@ -253,7 +258,7 @@ class SQLiteBackend(ResultBackend):
                 (moment,),
             )
             conn.execute("DELETE FROM chord_parts WHERE expires_at <= ?", (moment,))
-            conn.execute("DELETE FROM chords_done WHERE expires_at <= ?", (moment,))
+            conn.execute("DELETE FROM chords WHERE expires_at <= ?", (moment,))
             return conn.execute("DELETE FROM results WHERE expires_at <= ?", (moment,)).rowcount
 
         return self._db.write(work)

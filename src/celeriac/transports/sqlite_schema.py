@@ -27,8 +27,10 @@ What lives where:
   header task (``UNIQUE (group_id, task_id)``, so a redelivered task is counted once);
   ``value`` is Celery's encoded ``[1, task_id, state, result]``, ``idx`` the task's
   ``group_index``. The report that completes a chord takes every row and deletes them.
-- ``chords_done``: chords whose body was sent (or which failed), until they expire, so a
-  header task redelivered after that is not counted again.
+- ``chords``: one row per chord being counted: ``received`` distinct reports so far (a
+  counter, so counting does not grow with the header's size) and ``done`` once the body
+  was sent (or the chord failed); the row stays until it expires, so a header task
+  redelivered after that is not counted again.
 
 The partial index ``messages_ready`` keeps fetch cost independent of queue depth: the next
 messages of a queue are found by walking the index, priority first, then arrival order.
@@ -39,7 +41,7 @@ queues nobody consumes (delay queues dead-lettering on TTL) still expire on time
 from __future__ import annotations
 
 #: Bumped when the layout changes incompatibly (stored in ``PRAGMA user_version``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = (
     "exchanges",
@@ -51,7 +53,7 @@ TABLES = (
     "results",
     "result_history",
     "chord_parts",
-    "chords_done",
+    "chords",
 )
 #: Indexes, which ``sqlite_master`` lists beside the tables.
 INDEXES = (
@@ -146,8 +148,12 @@ CREATE TABLE IF NOT EXISTS chord_parts (
 );
 CREATE INDEX IF NOT EXISTS chord_parts_expiring
     ON chord_parts(expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS chords_done (
+CREATE TABLE IF NOT EXISTS chords (
     group_id   TEXT PRIMARY KEY,
+    received   INTEGER NOT NULL,
+    done       INTEGER NOT NULL DEFAULT 0,
     expires_at REAL
 ) WITHOUT ROWID;
+-- Layout 2 (short-lived) kept finished chords in chords_done, replaced by chords.
+DROP TABLE IF EXISTS chords_done;
 """
