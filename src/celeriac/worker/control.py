@@ -5,11 +5,13 @@ here, the ``inspect`` kind in ``celeriac.worker.inspect``; each is registered wi
 module's ``registrar``. A handler runs on the worker's event loop, takes the
 ``ControlState`` and the request's arguments, and returns the reply (Celery's shapes:
 ``{"ok": ...}`` or ``{"error": ...}`` for commands, plain data for inspections). Blocking
-I/O (the result backend, declaring a queue) goes through ``state.io``, off the loop.
+I/O never runs on the loop: result-backend calls go through ``state.io`` (a thread), broker
+calls through the connection they belong to (its I/O thread).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal as signals_module
@@ -27,7 +29,6 @@ from celeriac.worker.ratelimit import RateLimits, parse_rate
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
-    from celeriac.messaging.connection import Connection
     from celeriac.worker.consumer import TaskConsumer
     from celeriac.worker.pools.base import Pool
     from celeriac.worker.worker import Worker
@@ -80,7 +81,6 @@ class ControlState:
     """What handlers work with: the worker, its parts, and a way to do blocking I/O."""
 
     worker: Worker
-    connection: Connection
     started: float = field(default_factory=time.time)
 
     @property
@@ -104,8 +104,8 @@ class ControlState:
         return pool
 
     async def io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking call off the event loop."""
-        return await self.connection.arun(fn, *args, **kwargs)
+        """Run a blocking call (the result backend's) in a thread, off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def running_ids(state: ControlState) -> set[str]:
@@ -279,7 +279,7 @@ async def add_consumer(
     else:
         exchange_entity = Exchange(exchange or queue, exchange_type or "direct")
         new = Queue(queue, exchange_entity, routing_key or "")
-    await state.io(consumer.consumer.add_queue, new)
+    await consumer.connection.arun(consumer.consumer.add_queue, new)
     consumer.queues.append(new)
     return ok(f"add consumer {queue}")
 

@@ -51,7 +51,7 @@ class PidboxNode:
         self.hostname = worker.hostname
         self.mailbox = Mailbox.for_app(app)
         self.connection = app.connection()
-        self.state = ControlState(worker, self.connection)
+        self.state = ControlState(worker)
         self.consumer = Consumer(
             self.connection,
             self.mailbox.node_queue(self.hostname),
