@@ -73,7 +73,7 @@ class PidboxNode:
 
     async def _load_revokes(self) -> None:
         try:
-            found = await self.connection.arun(load_revokes, self.worker.app.backend)
+            found = await asyncio.to_thread(load_revokes, self.worker.app.backend)
         except Exception as exc:
             logger.warning(
                 "Could not read revoked tasks from the result backend (%s: %s); only revokes "
