@@ -11,6 +11,8 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pika
@@ -20,7 +22,7 @@ from celeriac.exceptions import ImproperlyConfigured, NotFound
 from celeriac.messaging import Connection, Exchange, Message, Queue
 from celeriac.testing import service_url
 from celeriac.testing.contract import bodies, put, take
-from celeriac.transports import amqp_wire
+from celeriac.transports import amqp_codec, amqp_wire
 from celeriac.transports.amqp import AMQPTransport
 
 # The `spawn` fixture lives in tests/conftest.py.
@@ -75,6 +77,25 @@ def test_url_parts_become_connection_parameters() -> None:
     secure = amqp_wire.connection_parameters("amqps://h//", {})
     assert secure.port == 5671
     assert secure.ssl_options is not None
+
+
+def test_header_tables_round_trip_every_amqp_type() -> None:
+    table = {
+        "s": "text é",
+        "none": None,
+        "yes": True,
+        "small": -5,
+        "big": 2**40,
+        "float": 1.5,
+        "tuple": (1.5, None),
+        "nested": {"args": [1, "two", {"x": []}]},
+        "bytes": b"\xff\x00",
+        "decimal": Decimal("12.34"),
+        "when": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+    }
+    decoded, end = amqp_codec.decode_table(amqp_codec.encode_table(table), 0)
+    assert decoded == {**table, "tuple": [1.5, None]}
+    assert end == len(amqp_codec.encode_table(table))
 
 
 def test_a_queue_declares_exactly_the_arguments_it_asks_for() -> None:

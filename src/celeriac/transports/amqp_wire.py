@@ -19,20 +19,16 @@
 
 from __future__ import annotations
 
-import calendar
 import ssl
-import struct
 from collections.abc import Mapping
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import pika
-import pika.data
 
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.messaging.entities import Queue
+from celeriac.transports import amqp_codec as codec
 from celeriac.transports.base import Envelope, Properties
 
 #: Private headers: when a deferred message is due, and a fractional timestamp.
@@ -46,6 +42,8 @@ BUCKET_EXPONENTS = range(36)
 BUCKET_IDLE_MS = 60_000
 
 _QUEUE_TYPES = ("classic", "quorum")
+
+codec.install()
 
 
 def connection_parameters(url: str, options: Mapping[str, Any]) -> pika.ConnectionParameters:
@@ -91,7 +89,7 @@ def to_wire(envelope: Envelope, extra: Mapping[str, Any] | None = None) -> pika.
         timestamp = int(p.timestamp)
         if timestamp != p.timestamp:
             headers[TS_HEADER] = float(p.timestamp)
-    return WireProperties(
+    return codec.WireProperties(
         content_type=p.content_type,
         content_encoding=p.content_encoding,
         headers=headers,
@@ -105,131 +103,10 @@ def to_wire(envelope: Envelope, extra: Mapping[str, Any] | None = None) -> pika.
     )
 
 
-_pika_decode_value = pika.data.decode_value
-
-
-def _decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
-    """pika's header value decoder, except that doubles and floats stay floats."""
-    kind = encoded[offset : offset + 1]
-    if kind == b"d":
-        return struct.unpack_from(">d", encoded, offset + 1)[0], offset + 9
-    if kind == b"f":
-        return struct.unpack_from(">f", encoded, offset + 1)[0], offset + 5
-    return _pika_decode_value(encoded, offset)
-
-
-# pika 1.x reads a double header as an int (1.5 arrives as 1), and Celery's headers carry
-# floats (a ``timelimit`` of 1.5 s, a retry countdown). Its table decoder looks the function
-# up in its module on every value, so this one fix covers headers, nested tables and arrays.
-pika.data.decode_value = _decode_value
-
-
-class WireProperties(pika.BasicProperties):
-    """Basic properties with celeriac's own field-table encoder.
-
-    pika cannot encode floats or tuples in headers, and Celery's headers carry both (a
-    ``timelimit`` of ``(1.5, None)``): this encoder writes what py-amqp writes (``d`` for a
-    float, an array for a tuple), which every AMQP client reads.
-    """
-
-    def encode(self) -> list[bytes]:
-        out: list[bytes] = []
-        flags = 0
-        for flag, value in (
-            (_F_CONTENT_TYPE, self.content_type),
-            (_F_CONTENT_ENCODING, self.content_encoding),
-        ):
-            if value is not None:
-                flags |= flag
-                out.append(_short(value))
-        if self.headers is not None:
-            flags |= _F_HEADERS
-            out.append(_table(self.headers))
-        if self.delivery_mode is not None:
-            flags |= _F_DELIVERY_MODE
-            out.append(bytes((int(self.delivery_mode),)))
-        if self.priority is not None:
-            flags |= _F_PRIORITY
-            out.append(bytes((self.priority,)))
-        for flag, value in (
-            (_F_CORRELATION_ID, self.correlation_id),
-            (_F_REPLY_TO, self.reply_to),
-            (_F_EXPIRATION, self.expiration),
-            (_F_MESSAGE_ID, self.message_id),
-        ):
-            if value is not None:
-                flags |= flag
-                out.append(_short(value))
-        if self.timestamp is not None:
-            flags |= _F_TIMESTAMP
-            out.append(struct.pack(">Q", self.timestamp))
-        out.insert(0, struct.pack(">H", flags))
-        return out
-
-
-_B = pika.BasicProperties
-_F_CONTENT_TYPE, _F_CONTENT_ENCODING = _B.FLAG_CONTENT_TYPE, _B.FLAG_CONTENT_ENCODING
-_F_HEADERS, _F_DELIVERY_MODE, _F_PRIORITY = _B.FLAG_HEADERS, _B.FLAG_DELIVERY_MODE, _B.FLAG_PRIORITY
-_F_CORRELATION_ID, _F_REPLY_TO = _B.FLAG_CORRELATION_ID, _B.FLAG_REPLY_TO
-_F_EXPIRATION, _F_MESSAGE_ID, _F_TIMESTAMP = (
-    _B.FLAG_EXPIRATION,
-    _B.FLAG_MESSAGE_ID,
-    _B.FLAG_TIMESTAMP,
-)
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-
-
-def _short(value: str) -> bytes:
-    data = value.encode()
-    if len(data) > 255:
-        raise ValueError(f"AMQP short string longer than 255 bytes: {value[:40]!r}...")
-    return bytes((len(data),)) + data
-
-
-def _table(table: Mapping[str, Any]) -> bytes:
-    parts: list[bytes] = []
-    for key, value in table.items():
-        parts.append(_short(key))
-        parts.append(_value(value))
-    body = b"".join(parts)
-    return struct.pack(">I", len(body)) + body
-
-
-def _value(value: Any) -> bytes:
-    if isinstance(value, str):
-        data = value.encode()
-        return b"S" + struct.pack(">I", len(data)) + data
-    if value is None:
-        return b"V"
-    if isinstance(value, bool):
-        return b"t\x01" if value else b"t\x00"
-    if isinstance(value, int):
-        # A comparison, not ``in range(...)``: pika's ``long`` is an int subclass, and range
-        # membership of a subclass instance is a linear scan (billions of steps).
-        if _INT32_MIN <= value <= _INT32_MAX:
-            return struct.pack(">ci", b"I", value)
-        return struct.pack(">cq", b"l", value)
-    if isinstance(value, float):
-        return struct.pack(">cd", b"d", value)
-    if isinstance(value, Mapping):
-        return b"F" + _table(value)
-    if isinstance(value, list | tuple):
-        body = b"".join(_value(item) for item in value)
-        return b"A" + struct.pack(">I", len(body)) + body
-    if isinstance(value, bytes | bytearray):
-        return b"x" + struct.pack(">I", len(value)) + bytes(value)
-    if isinstance(value, Decimal):
-        places = max(0, -int(value.as_tuple().exponent))
-        raw = int(value.scaleb(places))
-        return struct.pack(">cBi", b"D", places, raw)
-    if isinstance(value, datetime):
-        return struct.pack(">cQ", b"T", calendar.timegm(value.utctimetuple()))
-    raise TypeError(f"cannot send {type(value).__name__} in an AMQP header: {value!r}")
-
-
 def from_wire(props: pika.BasicProperties, body: bytes) -> tuple[Envelope, float | None]:
     """The envelope a delivery carries, and its due time when it came from a delay bucket."""
-    headers: dict[str, Any] = dict(props.headers) if props.headers else {}
+    # Our own decoder made this dict for this message alone (amqp_codec): no copy needed.
+    headers: dict[str, Any] = cast(dict[str, Any], props.headers) if props.headers else {}
     timestamp: float | None = props.timestamp
     exact = headers.pop(TS_HEADER, None)
     if isinstance(exact, float):
