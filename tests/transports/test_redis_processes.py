@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import signal
 import socket
@@ -350,3 +351,26 @@ def test_a_redis_restart_loses_no_returned_publish_and_consuming_resumes(
     traffic.finish()
     missing = set(traffic.published) - set(traffic.consumed)
     assert not missing, f"{len(missing)} returned publishes were never consumed"
+
+
+def test_leases_survive_a_redis_restart_longer_than_the_lease_timeout(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = {"heartbeat_interval": 0.1, "connection_lost_timeout": 0.5, "lease_timeout": 1.0}
+    queue = Queue("work")
+    with Connection(private_redis.url, options) as holder:
+        holder.Producer().publish("long task", "work", declare=[queue])
+        (held,) = fetch_all(holder, queue, 1)
+        private_redis.stop()
+        time.sleep(1.5)  # every heartbeat is now older than the lease
+        private_redis.start()
+        with Connection(private_redis.url, options) as other:
+            consumer = other.Consumer(queue)
+            consumer.consume()
+            assert consumer.fetch() == []  # the holder gets time to come back
+            time.sleep(1.5)  # ...and does: its heartbeat resumes
+            assert consumer.fetch() == []
+        with caplog.at_level(logging.WARNING):
+            held.ack()
+        assert "no longer leased" not in caplog.text
+        assert holder.transport.queue_length("work") == 0

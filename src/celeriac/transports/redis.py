@@ -69,14 +69,21 @@ REAP_INTERVAL = 1.0
 #: How often a fetching session dead-letters expired messages of every queue.
 SWEEP_INTERVAL = 0.1
 
-_FETCH, _ACK = Script.of(lua.FETCH), Script.of(lua.ACK)
-_REQUEUE, _DEFER, _RECOVER = Script.of(lua.REQUEUE), Script.of(lua.DEFER), Script.of(lua.RECOVER)
-_BEAT, _CLOSE = Script.of(lua.BEAT), Script.of(lua.CLOSE)
-_DECLARE_EXCHANGE = Script.of(lua.DECLARE_EXCHANGE)
-_DELETE_EXCHANGE = Script.of(lua.DELETE_EXCHANGE)
-_DECLARE_QUEUE, _DELETE_QUEUE = Script.of(lua.DECLARE_QUEUE), Script.of(lua.DELETE_QUEUE)
-_BIND, _UNBIND = Script.of(lua.BIND), Script.of(lua.UNBIND)
-_PURGE, _LENGTH = Script.of(lua.PURGE), Script.of(lua.LENGTH)
+_FETCH, _ACK = Script.of(lua.FETCH), Script.of(lua.ACK, idempotent=True)
+_REQUEUE, _DEFER, _RECOVER = (
+    Script.of(lua.REQUEUE, idempotent=True),
+    Script.of(lua.DEFER, idempotent=True),
+    Script.of(lua.RECOVER, idempotent=True),
+)
+_BEAT, _CLOSE = Script.of(lua.BEAT, idempotent=True), Script.of(lua.CLOSE, idempotent=True)
+_DECLARE_EXCHANGE = Script.of(lua.DECLARE_EXCHANGE, idempotent=True)
+_DELETE_EXCHANGE = Script.of(lua.DELETE_EXCHANGE, idempotent=True)
+_DECLARE_QUEUE, _DELETE_QUEUE = (
+    Script.of(lua.DECLARE_QUEUE, idempotent=True),
+    Script.of(lua.DELETE_QUEUE, idempotent=True),
+)
+_BIND, _UNBIND = Script.of(lua.BIND, idempotent=True), Script.of(lua.UNBIND, idempotent=True)
+_PURGE, _LENGTH = Script.of(lua.PURGE), Script.of(lua.LENGTH, idempotent=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,15 +154,21 @@ class RedisSettings:
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """A Lua script and its SHA-1 (what ``EVALSHA`` names it by)."""
+    """A Lua script and its SHA-1 (what ``EVALSHA`` names it by).
+
+    Attributes:
+        idempotent: Running it twice does what running it once does, so a call that
+            failed on a broken connection may be run again at once on a new one.
+    """
 
     text: str
     sha: str
+    idempotent: bool = False
 
     @classmethod
-    def of(cls, text: str) -> Script:
+    def of(cls, text: str, idempotent: bool = False) -> Script:
         """The script for ``text``."""
-        return cls(text, hashlib.sha1(text.encode()).hexdigest())
+        return cls(text, hashlib.sha1(text.encode()).hexdigest(), idempotent)
 
 
 def run_script(client: redis.Redis, script: Script, args: Args) -> Any:
@@ -214,12 +220,17 @@ class Link:
     def call(self, script: Script, args: Args) -> Any:
         """Run ``script`` and return its reply (after reading any outstanding ones)."""
         with self._lock:
-            if self._handling:
-                # Called from a reply handler: keep the wire clear, but leave later
-                # replies to the loop that is handling them, in order.
-                self._read_outstanding()
-            else:
-                self.flush()
+            try:
+                if self._handling:
+                    # Called from a reply handler: keep the wire clear, but leave later
+                    # replies to the loop that is handling them, in order.
+                    self._read_outstanding()
+                else:
+                    self.flush()
+            except CONNECTION_ERRORS as exc:
+                # What was outstanding is kept, to send again; this call goes on, on a
+                # new connection (and fails too if Redis is really gone).
+                logger.debug("reading publish replies failed (%s); will send again", exc)
             return self._run(script, args)
 
     def send(self, script: Script, args: Args, on_reply: ReplyHandler, context: Any = None) -> None:
@@ -294,25 +305,37 @@ class Link:
             raise
 
     def _run(self, script: Script, args: Args) -> Any:
-        conn = self._connection()
         try:
-            try:
-                conn.send_command("EVALSHA", script.sha, 0, *args)
-                return conn.read_response()
-            except NoScriptError:
-                # Redis restarted (or flushed its script cache): load it and go again.
-                conn.send_command("SCRIPT", "LOAD", script.text)
-                conn.read_response()
-                conn.send_command("EVALSHA", script.sha, 0, *args)
-                return conn.read_response()
+            return self._run_once(script, args)
+        except CONNECTION_ERRORS:
+            self._lost()
+            if not script.idempotent:
+                raise
+        # A connection Redis closed (it restarted) fails its first command: go again once.
+        try:
+            return self._run_once(script, args)
         except CONNECTION_ERRORS:
             self._lost()
             raise
+
+    def _run_once(self, script: Script, args: Args) -> Any:
+        conn = self._connection()
+        try:
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            return conn.read_response()
+        except NoScriptError:
+            # Redis restarted (or flushed its script cache): load it and go again.
+            conn.send_command("SCRIPT", "LOAD", script.text)
+            conn.read_response()
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            return conn.read_response()
 
     def _lost(self) -> None:
         """The connection broke: outstanding publishes become unconfirmed, to send again."""
         self._unconfirmed.extend(self._outstanding)
         self._outstanding.clear()
+        if self._unconfirmed:
+            _flusher.schedule(self, FLUSH_DELAY)
         if self._conn is not None:
             self._conn.disconnect()
 

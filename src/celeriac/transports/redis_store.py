@@ -39,7 +39,7 @@ MAX_OUTSTANDING_ERRORS = 100
 #: Attempts at a store while the topology keeps changing under it.
 MAX_STALE_ROUTES = 10
 
-_STORE, _TOPOLOGY = Script.of(lua.STORE), Script.of(lua.TOPOLOGY)
+_STORE, _TOPOLOGY = Script.of(lua.STORE), Script.of(lua.TOPOLOGY, idempotent=True)
 
 # Headers are nearly always plain JSON (Celery's are): the stdlib's C encoder first, the
 # extended-type serializer only when that fails.
