@@ -218,6 +218,11 @@ class Store:
         return policy
 
     def route(self, topo: Topology, exchange: str, key: str, headers: Any) -> list[str]:
+        """The queues a message goes to (the default exchange '' names its queue).
+
+        Raises:
+            NotFound: ``exchange`` is not declared (in ``topo``).
+        """
         if not exchange:
             return [key] if key in topo.policies else []
         type_ = topo.exchanges.get(exchange)
@@ -303,6 +308,7 @@ class Store:
         return [self.dying(reply, i, "maxlen") for i in range(0, len(reply), 3)]
 
     def dying(self, flat: list[Any], i: int, reason: DeathReason) -> Dying:
+        """The message at ``flat[i:i + 3]`` (queue, id, payload) of a reply, to kill."""
         queue, tag, payload = text(flat[i]), int(flat[i + 1]), flat[i + 2]
         exchange, key, envelope, expires_at = decode_payload(payload)
         expiring = f"{tag}|{queue}" if expires_at is not None else None
