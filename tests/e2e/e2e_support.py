@@ -29,12 +29,14 @@ from e2e_tasks import make_app, runs
 from celeriac import Celery
 from celeriac.messaging import Consumer, Queue
 from celeriac.messaging.message import Message
+from celeriac.testing import service_url
 from celeriac.worker.worker import Worker, WorkerOptions
 
 E2E_DIR = Path(__file__).resolve().parent
 CELERIAC = Path(sys.executable).with_name("celeriac")
 
-#: (transport, pool): the memory broker with every in-process pool, SQLite with all four.
+#: (transport, pool): the memory broker with every in-process pool, SQLite with all four,
+#: the server brokers with threads (in this process) and prefork (a subprocess).
 ALL_STACKS = [
     ("memory", "solo"),
     ("memory", "threads"),
@@ -43,10 +45,31 @@ ALL_STACKS = [
     ("sqlite", "threads"),
     ("sqlite", "asyncio"),
     ("sqlite", "prefork"),
+    ("redis", "threads"),
+    ("redis", "prefork"),
 ]
 IN_PROCESS_STACKS = [stack for stack in ALL_STACKS if stack[1] != "prefork"]
-THREADS_STACKS = [("memory", "threads"), ("sqlite", "threads")]
+THREADS_STACKS = [stack for stack in ALL_STACKS if stack[1] == "threads"]
 SQLITE_STACKS = [stack for stack in ALL_STACKS if stack[0] == "sqlite"]
+
+
+#: Server brokers (shared with other tests: every stack gets its own key prefix).
+REDIS_BROKER = "redis://127.0.0.1:6379/15"
+REDIS_RESULTS = "redis://127.0.0.1:6379/14"
+
+
+def forget_redis_keys(prefix: str) -> None:
+    """Delete the keys a stack left on the shared Redis (broker and result dbs)."""
+    import redis
+
+    for url in (REDIS_BROKER, REDIS_RESULTS):
+        client = redis.Redis.from_url(url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 def stack_id(stack: tuple[str, str]) -> str:
@@ -78,7 +101,7 @@ from e2e_tasks import make_app
 from celeriac.signals import worker_ready
 
 WORKDIR = Path({workdir!r})
-app, tasks = make_app({url!r}, WORKDIR)
+app, tasks = make_app({url!r}, WORKDIR, backend={backend!r}, **{settings!r})
 
 
 @worker_ready.connect
@@ -190,11 +213,26 @@ class Stack:
         self.transport = transport
         self.pool = pool
         self.workdir = workdir
+        self.token = uuid.uuid4().hex[:12]
+        #: What keeps this stack's keys and queues apart on a shared server broker.
+        self.server_settings: dict[str, Any] = {}
         if transport == "memory":
             self.url = f"memory://{uuid.uuid4().hex}"
-        else:
+        elif transport == "sqlite":
             self.url = f"sqlite:///{workdir / 't.db'}"
-        self.app, self.tasks = make_app(self.url, workdir, **settings)
+        elif transport == "redis":
+            self.url = service_url(REDIS_BROKER)
+            prefix = {"global_keyprefix": f"e2e-{self.token}:"}
+            self.server_settings = {
+                "broker_transport_options": prefix,
+                "result_backend_transport_options": prefix,
+            }
+        else:
+            raise ValueError(f"no e2e stack for {transport!r}")
+        self.backend_url = self.url if transport in {"memory", "sqlite"} else REDIS_RESULTS
+        self.app, self.tasks = make_app(
+            self.url, workdir, backend=self.backend_url, **self.server_settings, **settings
+        )
         self.processes: list[WorkerProcess] = []
 
     @property
@@ -218,7 +256,14 @@ class Stack:
         """Start ``celeriac -A proj worker`` for this stack in a subprocess (ready)."""
         proj = self.workdir / "proj.py"
         if not proj.exists():
-            proj.write_text(PROJ.format(workdir=str(self.workdir), url=self.url))
+            proj.write_text(
+                PROJ.format(
+                    workdir=str(self.workdir),
+                    url=self.url,
+                    backend=self.backend_url,
+                    settings=self.server_settings,
+                )
+            )
         options.setdefault("concurrency", 2)
         args = ["-P", pool or self.pool, "-l", "INFO"]
         for key, value in options.items():
@@ -271,3 +316,5 @@ class Stack:
         for process in self.processes:
             process.close()
         self.app.close()
+        if self.transport == "redis":
+            forget_redis_keys(f"e2e-{self.token}:")

@@ -56,12 +56,15 @@ def wait_for_gate(workdir: Path, name: str) -> None:
         time.sleep(0.01)
 
 
-def make_app(url: str, workdir: Path, **settings: Any) -> tuple[Celery, SimpleNamespace]:
-    """A fresh app on ``url`` (broker and results) with every e2e task registered."""
+def make_app(
+    url: str, workdir: Path, backend: str | None = None, **settings: Any
+) -> tuple[Celery, SimpleNamespace]:
+    """A fresh app on ``url`` (broker, and results unless ``backend`` is given) with every
+    e2e task registered."""
     app = Celery(
         "e2e",
         broker=url,
-        backend=url,
+        backend=backend or url,
         set_as_current=False,
         task_routes={"e2e.routed": {"queue": "special"}},
         **settings,

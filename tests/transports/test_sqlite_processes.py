@@ -231,3 +231,27 @@ def test_a_publish_from_another_process_wakes_a_waiting_consumer_promptly(
             assert publisher.wait(timeout=10) == 0
     # Waits are bounded at 1 s; a wake-up must beat that by far.
     assert received[0] - sent < 0.3
+
+
+def test_a_session_that_publishes_before_it_fetches_leaves_no_socket_unclosed(
+    tmp_path: Path,
+) -> None:
+    import gc
+    import warnings
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    listener = Connection(url)  # a waiting peer: publishes now send it a wake-up datagram
+    listener.Consumer(Queue("other"), accept=["json"]).consume().fetch(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            with Connection(url) as conn:
+                conn.declare(Queue("q"))
+                conn.Producer().publish({"n": 1}, routing_key="q")
+                consumer = conn.Consumer(Queue("q"), accept=["json"]).consume()
+                (message,) = consumer.fetch(1)
+                message.ack()
+        gc.collect()
+    listener.close()
+    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, [str(w.message) for w in leaks]

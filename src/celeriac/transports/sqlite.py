@@ -128,6 +128,7 @@ class SQLiteTransport(Transport):
         self._db = Database(self.path, float(self.options.get("lock_timeout", 300.0)))
         self._db.connection()  # Fail now, with the file's name, if it cannot be used.
         self._wake = WakeChannel(self.path)
+        self._wake_pid = os.getpid()
         self._topology = _Topology()
         self._session: str | None = None
         self._session_pid = 0
@@ -144,7 +145,8 @@ class SQLiteTransport(Transport):
             # Registered before it is used: a session that owns leases is always listed.
             self._db.write(lambda c: self._register(c, session))
             self._session, self._session_pid = session, os.getpid()
-            self._wake = WakeChannel(self.path)
+            if self._wake_pid != os.getpid():  # forked: the parent's socket is not ours
+                self._wake, self._wake_pid = WakeChannel(self.path), os.getpid()
             self._heartbeat_stop = threading.Event()
             threading.Thread(
                 target=self._beat,
