@@ -174,16 +174,28 @@ class TaskConsumer:
 
     async def flush(self, acks: bool = True) -> None:
         """Send the pending batched settlements (acks too unless ``acks`` is False)."""
+        # What a failed broker call did not settle goes back to be sent next time
+        # (``asettle_many`` skips messages it settled before failing).
         if self._defers:
             defers, self._defers = self._defers, []
-            await self.consumer.adefer_many(defers)
+            try:
+                await self.consumer.adefer_many(defers)
+            except BaseException:
+                self._defers[:0] = [d for d in defers if not d[0].acknowledged]
+                raise
         if (acks and self._acks) or self._requeues or self._rejects:
             pending_acks: list[Message] = []
             if acks:
                 pending_acks, self._acks = self._acks, []
             requeues, self._requeues = self._requeues, []
             rejects, self._rejects = self._rejects, []
-            await self.consumer.asettle_many(pending_acks, requeues, rejects)
+            try:
+                await self.consumer.asettle_many(pending_acks, requeues, rejects)
+            except BaseException:
+                self._acks[:0] = pending_acks
+                self._requeues[:0] = requeues
+                self._rejects[:0] = rejects
+                raise
 
     async def shutdown(self) -> None:
         """Return held (ETA and rate-limited) tasks to the broker and close the connection."""
