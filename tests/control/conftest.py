@@ -1,12 +1,15 @@
 """Remote-control tests: stacks (app, tasks, workers) from the end-to-end helpers.
 
 ``e2e_support`` lives in ``tests/e2e``; its directory is put on ``sys.path`` here so these
-tests use the same ``Stack``, tasks and worker runners as the end-to-end tests.
+tests use the same ``Stack``, tasks and worker runners as the end-to-end tests: every
+transport it has, with workers in threads of this process. Each stack gets a control
+exchange of its own, so workers of other tests on a shared server never answer.
 """
 
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from e2e_support import Stack
-
-#: Transports whose workers run in this process (threads pool): memory and SQLite.
-IN_PROCESS = [("memory", "threads"), ("sqlite", "threads")]
+from e2e_support import THREADS_STACKS, Stack
 
 
 @pytest.fixture
@@ -36,10 +36,10 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
         stack.close()
 
 
-@pytest.fixture(params=IN_PROCESS, ids="-".join)
+@pytest.fixture(params=THREADS_STACKS, ids="-".join)
 def stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
-    """Memory and SQLite, workers in threads of this process."""
-    return make_stack(*request.param)
+    """Every transport, workers in threads of this process."""
+    return make_stack(*request.param, control_exchange=f"control-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
