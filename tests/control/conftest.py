@@ -18,7 +18,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from e2e_support import THREADS_STACKS, Stack
+from e2e_support import ALL_STACKS, THREADS_STACKS, Stack
+
+PREFORK_STACKS = [stack for stack in ALL_STACKS if stack[1] == "prefork"]
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> S
     return make_stack(*request.param, control_exchange=f"control-{uuid.uuid4().hex[:8]}")
 
 
-@pytest.fixture
-def prefork_stack(make_stack: Callable[..., Stack]) -> Stack:
-    """SQLite with the prefork pool, its workers in subprocesses."""
-    return make_stack("sqlite", "prefork")
+@pytest.fixture(params=PREFORK_STACKS, ids="-".join)
+def prefork_stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    """Every transport that runs prefork workers (in subprocesses)."""
+    return make_stack(*request.param)

@@ -1,4 +1,4 @@
-"""Remote control of prefork workers in other processes, over the SQLite broker."""
+"""Remote control of prefork workers in other processes (SQLite and server brokers)."""
 
 from __future__ import annotations
 
