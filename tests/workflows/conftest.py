@@ -20,13 +20,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from e2e_support import Stack, stack_id
+from e2e_support import REDIS_RESULTS, Stack, forget_redis_keys, stack_id
 from workflow_tasks import define_workflow_tasks
 
 from celeriac import Celery
 from celeriac.backends.base import ResultBackend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.sqlite import SQLiteBackend
+from celeriac.testing import service_url
 
 #: (transport, pool) pairs the end-to-end workflow tests run on.
 WORKFLOW_STACKS = [("memory", "threads"), ("sqlite", "threads"), ("sqlite", "prefork")]
@@ -95,12 +96,23 @@ def app() -> Iterator[Celery]:
     application.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
-    """A memory or SQLite result backend of this test's own."""
+    """A memory, SQLite or Redis result backend of this test's own.
+
+    The Redis one is on the shared server, under a key prefix of its own (deleted after).
+    """
+    prefix = f"wf-{uuid.uuid4().hex[:12]}:"
     if request.param == "memory":
         instance: ResultBackend = MemoryBackend(f"memory://{uuid.uuid4().hex}")
-    else:
+    elif request.param == "sqlite":
         instance = SQLiteBackend(f"sqlite:///{tmp_path}/results.db")
+    else:
+        from celeriac.backends.redis import RedisBackend
+
+        url = service_url(REDIS_RESULTS)
+        instance = RedisBackend(url, options={"global_keyprefix": prefix})
     yield instance
     instance.close()
+    if request.param == "redis":
+        forget_redis_keys(prefix)

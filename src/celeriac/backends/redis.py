@@ -8,6 +8,7 @@
 | waking waiters           | pub/sub on the key's name, one listener thread per backend |
 | batched writes           | ``store_many`` is one round trip (EVALSHA in a pipeline)   |
 | atomic SUCCESS guard     | yes: a Lua script checks and writes in one step            |
+| chords                   | one script per report, Celery's keys (``redis_chords.py``) |
 
 What lives where (``<key>`` is ``celery-task-meta-<task_id>`` or
 ``celery-taskset-meta-<group_id>``, as Celery names them):
@@ -35,6 +36,9 @@ the status from the value itself (``cjson``/``cmsgpack``, both built into Redis)
 the history's ``status`` field. A key that is missing (never written, or expired) starts
 afresh, history and all.
 
+Chords are counted under the group key, in Celery's layout, by ``redis_chords.CHORD_PART``
+(see that module), so Celery and celeriac workers can complete the same chord.
+
 A stored value carries no content type, as in Celery; readers tell JSON, pickle and
 msgpack apart by their first bytes and assume this backend's serializer otherwise.
 """
@@ -46,6 +50,7 @@ import math
 import os
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -58,10 +63,11 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from celeriac.backends.base import Record, ResultBackend, Write
+from celeriac.backends import redis_chords
+from celeriac.backends.base import LAST_INDEX, ChordPart, Record, ResultBackend, Write
 from celeriac.backends.meta import GROUP_KEY_PREFIX, TASK_KEY_PREFIX
 from celeriac.backends.redis_pubsub import Listener, ServerAddress
-from celeriac.messaging.serialization import registry
+from celeriac.messaging.serialization import loads, registry
 
 HISTORY_PREFIX = "celeriac-history:"
 #: Replaced values kept per key for ``on_message`` (older ones are dropped).
@@ -143,6 +149,21 @@ out[#out + 1] = value
 return out
 """
 
+# KEYS: key1, history1, key2, history2...
+# Returns {n1, value1, n2, value2...}: n counts a key's replaced values, a missing key
+# reads as {0, false}. (A plain MGET would not tell the position of each current value.)
+_READ_MANY = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local value = redis.call('GET', KEYS[i])
+  local n = 0
+  if value then n = tonumber(redis.call('HGET', KEYS[i + 1], 'n') or '0') end
+  out[#out + 1] = n
+  out[#out + 1] = value
+end
+return out
+"""
+
 #: Serializers whose values the store script reads the status from.
 _SCRIPT_READABLE = frozenset({"application/json", "application/x-msgpack"})
 _JSON = "application/json"
@@ -213,6 +234,8 @@ class RedisBackend(ResultBackend):
         self._history_limit = max(1, int(opts.get("history_limit", DEFAULT_HISTORY_LIMIT)))
         self._store_script = self.client.register_script(_STORE)
         self._read_script = self.client.register_script(_READ)
+        self._read_many_script = self.client.register_script(_READ_MANY)
+        self._chord_script = self.client.register_script(redis_chords.CHORD_PART)
         self._content_type = registry.content_type_of(self.serializer)
         self._keep_status = "0" if self._content_type in _SCRIPT_READABLE else "1"
         pool = self.client.connection_pool
@@ -289,6 +312,18 @@ class RedisBackend(ResultBackend):
             return None
         return self._record(int(reply[0]) + 1, reply[-1])
 
+    def _get_many(self, keys: Sequence[str]) -> dict[str, Record]:
+        calls: list[tuple[list[str], list[Any]]] = []
+        for start in range(0, len(keys), BATCH):
+            part = keys[start : start + BATCH]
+            calls.append(([name for key in part for name in (key, history_key(key))], []))
+        replies = [item for reply in self._run(self._read_many_script, calls) for item in reply]
+        return {
+            key: self._record(int(n) + 1, value)
+            for key, n, value in zip(keys, replies[0::2], replies[1::2], strict=True)
+            if value is not None
+        }
+
     def _history(self, key: str, after_seq: int) -> list[Record]:
         seen_position, seen_crc = after_seq >> 32, after_seq & _CRC_MASK
         # From the position already seen: its value may have been replaced in place.
@@ -319,6 +354,51 @@ class RedisBackend(ResultBackend):
 
     def _delete(self, key: str) -> None:
         self.client.delete(key, history_key(key))
+
+    # -- chords (layout and script in ``redis_chords``) -------------------------------------
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Store the chord's size where Celery workers read it (``<group key>.s``).
+
+        A frozen chord sent again reuses its group id for a new run: its ``done`` mark
+        goes (as Celery does).
+        """
+        group_key = self.group_key(group_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(group_key + ".c")
+            if self.expires:
+                pipe.set(group_key + ".s", size, px=math.ceil(self.expires * 1000))
+            else:
+                pipe.set(group_key + ".s", size)
+            pipe.execute()
+
+    def _chord_part(
+        self, group_id: str, part: ChordPart, size: int | None, expires_at: float | None
+    ) -> list[ChordPart] | None:
+        score = redis_chords.score_of(part.group_index, LAST_INDEX)
+        ttl = 0 if expires_at is None else max(1, math.ceil((expires_at - time.time()) * 1000))
+        args: list[bytes | str | int] = [
+            f"{part.task_id}:{score}",
+            part.value,
+            score,
+            size or 0,
+            ttl,
+            uuid.uuid4().hex,  # tells a retry of this call (lost reply) from a late report
+            redis_chords.RETRY_WINDOW_MS,
+        ]
+        keys = redis_chords.chord_keys(self.group_key(group_id))
+        reply: list[Any] | None = self._chord_script(keys=keys, args=args)
+        if reply is None:
+            return None
+        return [
+            self._stored_part(value, redis_chords.index_of(score, LAST_INDEX))
+            for value, score in redis_chords.pairs(reply)
+        ]
+
+    def _stored_part(self, value: bytes, index: int) -> ChordPart:
+        content_type = content_type_of(value, self._content_type)
+        decoded = loads(value, content_type, None, accept=self.accept)
+        task_id = str(decoded[1]) if isinstance(decoded, list | tuple) and len(decoded) > 1 else ""
+        return ChordPart(task_id, index, content_type, value)
 
     def _wait(self, watch: Mapping[str, int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
