@@ -3,9 +3,10 @@
 Stacks come from ``tests/e2e/e2e_support.py``; each also gets ``stack.wf``, the tasks of
 ``workflow_tasks``. A prefork worker (a subprocess) loads a ``proj.py`` written here that
 registers the same tasks. The broker and pool matter for the end-to-end tests (messages
-crossing processes, chord parts counted from several workers), so those run over memory
-and SQLite with the threads pool and SQLite with prefork; behaviour no broker changes
-runs on one stack.
+crossing processes, chord parts counted from several workers), so those run over memory,
+SQLite and Redis with the threads pool and SQLite with prefork (``stack``); the key
+primitives (chain, group, chord) also on Redis with prefork (``key_stack``); behaviour no
+broker changes runs on one stack.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.testing import service_url
 
 #: (transport, pool) pairs the end-to-end workflow tests run on.
-WORKFLOW_STACKS = [("memory", "threads"), ("sqlite", "threads"), ("sqlite", "prefork")]
-THREADS_STACKS = [("memory", "threads"), ("sqlite", "threads")]
+THREADS_STACKS = [("memory", "threads"), ("sqlite", "threads"), ("redis", "threads")]
+WORKFLOW_STACKS = [*THREADS_STACKS, ("sqlite", "prefork")]
+#: ...and those the key primitives run on (a prefork worker costs a process start).
+KEY_STACKS = [*WORKFLOW_STACKS, ("redis", "prefork")]
+PREFORK_STACKS = [("sqlite", "prefork"), ("redis", "prefork")]
 
 PROJ = """\
 from pathlib import Path
@@ -42,7 +46,7 @@ from workflow_tasks import define_workflow_tasks
 from celeriac.signals import worker_ready
 
 WORKDIR = Path({workdir!r})
-app, tasks = make_app({url!r}, WORKDIR)
+app, tasks = make_app({url!r}, WORKDIR, backend={backend!r}, **{settings!r})
 wf = define_workflow_tasks(app, WORKDIR)
 
 
@@ -60,7 +64,13 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     def make(transport: str, pool: str, **settings: Any) -> Stack:
         stack = Stack(transport, pool, tmp_path, **settings)
         stack.wf = define_workflow_tasks(stack.app, tmp_path)
-        (tmp_path / "proj.py").write_text(PROJ.format(workdir=str(tmp_path), url=stack.url))
+        proj = PROJ.format(
+            workdir=str(tmp_path),
+            url=stack.url,
+            backend=stack.backend_url,
+            settings={**stack.server_settings, **settings},
+        )
+        (tmp_path / "proj.py").write_text(proj)
         stacks.append(stack)
         return stack
 
@@ -71,13 +81,25 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 
 @pytest.fixture(params=WORKFLOW_STACKS, ids=stack_id)
 def stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
-    """Memory and SQLite with the threads pool, SQLite with prefork."""
+    """Memory, SQLite and Redis with the threads pool, SQLite with prefork."""
+    return make_stack(*request.param)
+
+
+@pytest.fixture(params=KEY_STACKS, ids=stack_id)
+def key_stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    """Every ``stack``, and Redis with prefork: for the key primitives."""
     return make_stack(*request.param)
 
 
 @pytest.fixture(params=THREADS_STACKS, ids=stack_id)
 def threads_stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
-    """Memory and SQLite with the threads pool (in this process)."""
+    """Memory, SQLite and Redis with the threads pool (in this process)."""
+    return make_stack(*request.param)
+
+
+@pytest.fixture(params=PREFORK_STACKS, ids=stack_id)
+def prefork_stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    """SQLite and Redis with the prefork pool (workers in subprocesses)."""
     return make_stack(*request.param)
 
 

@@ -9,9 +9,9 @@ from workflow_support import TIMEOUT
 from celeriac import chain, states
 
 
-def test_each_result_passes_to_the_next_step_and_parents_walk_back(stack: Stack) -> None:
-    wf = stack.wf
-    with stack.worker():
+def test_each_result_passes_to_the_next_step_and_parents_walk_back(key_stack: Stack) -> None:
+    wf = key_stack.wf
+    with key_stack.worker():
         result = (wf.add.s(1, 1) | wf.add.s(10) | wf.mul.s(3)).apply_async()
         assert result.get(timeout=TIMEOUT) == 36
         assert result.parent.get(timeout=TIMEOUT) == 12
@@ -53,23 +53,23 @@ def test_a_step_is_recorded_as_a_child_of_the_step_before_it(threads_stack: Stac
         ]
 
 
-def test_a_failing_step_stops_the_chain_and_runs_its_errbacks(stack: Stack) -> None:
-    wf = stack.wf
+def test_a_failing_step_stops_the_chain_and_runs_its_errbacks(key_stack: Stack) -> None:
+    wf = key_stack.wf
     workflow = chain(wf.add.s(1, 1), wf.fail.s(), wf.note.s())
     workflow.link_error(wf.on_error.s())
     workflow.link_error(wf.on_error_id.s())
-    with stack.worker():
+    with key_stack.worker():
         result = workflow.apply_async()
         failed = result.parent
         with pytest.raises(ValueError, match=r"wf\.fail"):
             failed.get(timeout=TIMEOUT)
         assert result.parent.parent.get(timeout=TIMEOUT) == 2
-        wait_until(lambda: stack.records("on_error_id"), what="the task-id errback")
-        wait_until(lambda: stack.records("on_error"), what="the request errback")
-    assert stack.records("on_error_id") == [failed.id]
-    (called,) = stack.records("on_error")
+        wait_until(lambda: key_stack.records("on_error_id"), what="the task-id errback")
+        wait_until(lambda: key_stack.records("on_error"), what="the request errback")
+    assert key_stack.records("on_error_id") == [failed.id]
+    (called,) = key_stack.records("on_error")
     assert (called["id"], called["type"]) == (failed.id, "ValueError")
-    assert stack.records("note") == []
+    assert key_stack.records("note") == []
     # The steps after the failure never run; waiting on them raises the failure.
     assert result.state == states.FAILURE
     with pytest.raises(ValueError, match=r"wf\.fail"):

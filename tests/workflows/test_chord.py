@@ -14,9 +14,9 @@ from celeriac import GroupResult, chord, group
 from celeriac.exceptions import ChordError
 
 
-def test_the_body_gets_the_header_results_in_header_order(stack: Stack) -> None:
-    wf = stack.wf
-    with stack.worker():
+def test_the_body_gets_the_header_results_in_header_order(key_stack: Stack) -> None:
+    wf = key_stack.wf
+    with key_stack.worker():
         result = chord((wf.add.s(i, i) for i in range(10)), wf.note.s()).apply_async()
         assert result.get(timeout=TIMEOUT) == [2 * i for i in range(10)]
         header = result.parent
@@ -24,35 +24,35 @@ def test_the_body_gets_the_header_results_in_header_order(stack: Stack) -> None:
         assert header.get(timeout=TIMEOUT) == [2 * i for i in range(10)]
 
 
-def test_a_thousand_member_chord_completes_exactly_once(stack: Stack) -> None:
-    wf = stack.wf
-    with stack.worker(concurrency=4):
+def test_a_thousand_member_chord_completes_exactly_once(key_stack: Stack) -> None:
+    wf = key_stack.wf
+    with key_stack.worker(concurrency=4):
         result = chord((wf.add.s(i, i) for i in range(1000)), wf.body.s()).apply_async()
         assert result.get(timeout=60) == sum(2 * i for i in range(1000))
     # The worker stopped warm: anything the chord sent has run or is still queued.
-    assert stack.records("body") == [1000]
-    assert stack.queue_length() == 0
+    assert key_stack.records("body") == [1000]
+    assert key_stack.queue_length() == 0
 
 
 def test_a_failed_header_task_fails_the_chord_naming_it_and_runs_the_body_errbacks(
-    stack: Stack,
+    key_stack: Stack,
 ) -> None:
-    wf = stack.wf
+    wf = key_stack.wf
     body = wf.body.s()
     body.link_error(wf.on_error.s())
     body.link_error(wf.on_error_id.s())
-    with stack.worker():
+    with key_stack.worker():
         result = chord([wf.add.s(1, 1), wf.fail.s("header"), wf.add.s(2, 2)], body).apply_async()
         failed = result.parent[1]
         with pytest.raises(ChordError, match=f"Dependency {failed.id} raised ValueError"):
             result.get(timeout=TIMEOUT)
-        wait_until(lambda: stack.records("on_error_id"), what="the task-id errback")
-        wait_until(lambda: stack.records("on_error"), what="the request errback")
-    (called,) = stack.records("on_error")
+        wait_until(lambda: key_stack.records("on_error_id"), what="the task-id errback")
+        wait_until(lambda: key_stack.records("on_error"), what="the request errback")
+    (called,) = key_stack.records("on_error")
     assert (called["id"], called["type"]) == (result.id, "ChordError")
     assert failed.id in called["message"]
-    assert stack.records("on_error_id") == [result.id]
-    assert stack.records("body") == []
+    assert key_stack.records("on_error_id") == [result.id]
+    assert key_stack.records("body") == []
     assert result.parent.completed_count() == 2
 
 

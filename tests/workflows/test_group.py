@@ -11,9 +11,9 @@ from celeriac.exceptions import TaskRevokedError
 from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
 
 
-def test_results_come_back_in_member_order(stack: Stack) -> None:
-    wf = stack.wf
-    with stack.worker():
+def test_results_come_back_in_member_order(key_stack: Stack) -> None:
+    wf = key_stack.wf
+    with key_stack.worker():
         result = group(wf.add.s(i, i) for i in range(20)).apply_async()
         assert result.get(timeout=TIMEOUT) == [2 * i for i in range(20)]
     assert result.ready() and result.successful() and not result.failed()
@@ -34,9 +34,9 @@ def test_a_group_result_shows_progress_while_members_run(threads_stack: Stack) -
     assert result.ready() and not result.waiting()
 
 
-def test_a_failed_member_fails_the_group_while_the_others_finish(stack: Stack) -> None:
-    wf = stack.wf
-    with stack.worker():
+def test_a_failed_member_fails_the_group_while_the_others_finish(key_stack: Stack) -> None:
+    wf = key_stack.wf
+    with key_stack.worker():
         result = group(wf.add.s(1, 1), wf.fail.s(7), wf.add.s(2, 2)).apply_async()
         with pytest.raises(ValueError, match=r"wf\.fail"):
             result.get(timeout=TIMEOUT)
