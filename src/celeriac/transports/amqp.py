@@ -58,8 +58,8 @@ from celeriac.transports.base import Capabilities, Delivery, Outgoing, Transport
 
 T = TypeVar("T")
 
-#: Most publishes queued for the network thread before ``publish`` waits for it.
-MAX_QUEUED_PUBLISHES = 20_000
+#: Most commands (publishes, acks) queued for the network thread before publishing waits.
+MAX_QUEUED_COMMANDS = 5_000
 #: Longest wait for deliveries the broker said are on their way (``fetch``).
 ARRIVAL_WAIT = 0.5
 #: Longest wait for a confirm or another broker answer before the outcome counts as unknown.
@@ -106,7 +106,6 @@ class AMQPTransport(Transport):
         self._watch_next: set[str] = set()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._rr = 0
-        self._queued_publishes = 0
         self._exchanges: dict[str, Exchange] = {}
         self._queues: dict[str, Queue] = {}
         self._bindings: dict[tuple[str, str, str, str], tuple[str, Binding]] = {}
@@ -374,30 +373,30 @@ class AMQPTransport(Transport):
             ConnectionError: Not connected, or the outcome of a confirmed publish is unknown.
         """
         session = self.session
-        session.wait_ready()
-        future: Future[None] = Future()
+        if not session.ready.is_set():
+            session.wait_ready()
+        # Backpressure without a lock on this path: the queue of commands is the measure.
+        if session.backlog() > MAX_QUEUED_COMMANDS:
+            deadline = time.monotonic() + CALL_TIMEOUT
+            while session.backlog() > MAX_QUEUED_COMMANDS // 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        future: Future[None] | None = Future() if confirmed else None
         count = len(wires)
 
         def run(ch: Channel) -> None:
-            channel.published(count, future if confirmed else None)
+            channel.published(count, future)
             for exchange, routing_key, body, props in wires:
                 ch.basic_publish(exchange, routing_key, body, props)
 
         def start() -> None:
-            with self._cond:
-                self._queued_publishes -= count
-                self._cond.notify_all()
-            if confirmed and not session.ready.is_set() and not session.connected:
+            if future is not None and not session.ready.is_set() and not session.connected:
                 future.set_exception(ConnectionError("lost the RabbitMQ connection"))
                 return
             # Not sent yet, so not lost: it goes out once the session is restored.
             session.when_ready(lambda: channel.run(run))
 
-        with self._cond:
-            self._cond.wait_for(lambda: self._queued_publishes < MAX_QUEUED_PUBLISHES, CALL_TIMEOUT)
-            self._queued_publishes += count
         session.post(start)
-        if confirmed:
+        if future is not None:
             try:
                 future.result(CALL_TIMEOUT)
             except TimeoutError:

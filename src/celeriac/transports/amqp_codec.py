@@ -90,12 +90,37 @@ def encode_table(table: Mapping[str, Any]) -> bytes:
     return bytes(out)
 
 
+#: Header names seen before, encoded (a task message repeats the same twenty names).
+_KEYS: dict[str, bytes] = {}
+_MAX_KEYS = 1024
+
+
+def _key(key: str) -> bytes:
+    data = key.encode()
+    if len(data) > 255:
+        raise ValueError(f"AMQP header name longer than 255 bytes: {key[:40]!r}...")
+    encoded = bytes((len(data),)) + data
+    if len(_KEYS) < _MAX_KEYS:
+        _KEYS[key] = encoded
+    return encoded
+
+
 def _table_into(out: bytearray, table: Mapping[str, Any]) -> None:
     start = len(out)
     out += b"\0\0\0\0"
+    keys = _KEYS
     for key, value in table.items():
-        _short_into(out, key)
-        _value_into(out, value)
+        out += keys.get(key) or _key(key)
+        # The common cases inline: most header values are strings or null.
+        if value.__class__ is str:
+            data = value.encode()
+            out += b"S"
+            out += _U32.pack(len(data))
+            out += data
+        elif value is None:
+            out += b"V"
+        else:
+            _value_into(out, value)
     out[start : start + 4] = _U32.pack(len(out) - start - 4)
 
 

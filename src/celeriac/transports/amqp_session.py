@@ -313,6 +313,10 @@ class Session:
             self._wake_pending = True
             self.ioloop.add_callback_threadsafe(self._drain_posted)
 
+    def backlog(self) -> int:
+        """Commands posted and not yet run."""
+        return len(self._posted)
+
     def _drain_posted(self) -> None:
         self._wake_pending = False
         posted = self._posted
