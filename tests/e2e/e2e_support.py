@@ -209,7 +209,9 @@ def running_worker(app: Celery, pool: str = "threads", **options: Any) -> Iterat
 class Stack:
     """An app on one transport, its e2e tasks, and workers of one pool for it."""
 
-    def __init__(self, transport: str, pool: str, workdir: Path, **settings: Any) -> None:
+    def __init__(
+        self, transport: str, pool: str, workdir: Path, backend: str | None = None, **settings: Any
+    ) -> None:
         self.transport = transport
         self.pool = pool
         self.workdir = workdir
@@ -229,7 +231,9 @@ class Stack:
             }
         else:
             raise ValueError(f"no e2e stack for {transport!r}")
-        self.backend_url = self.url if transport in {"memory", "sqlite"} else REDIS_RESULTS
+        #: Results: ``backend`` when given (``rpc://``...), else the broker's own file or db.
+        default_backend = self.url if transport in {"memory", "sqlite"} else REDIS_RESULTS
+        self.backend_url = backend or default_backend
         self.app, self.tasks = make_app(
             self.url, workdir, backend=self.backend_url, **self.server_settings, **settings
         )

@@ -61,8 +61,8 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Build stacks with the workflow tasks in this test's directory; closed afterwards."""
     stacks: list[Stack] = []
 
-    def make(transport: str, pool: str, **settings: Any) -> Stack:
-        stack = Stack(transport, pool, tmp_path, **settings)
+    def make(transport: str, pool: str, backend: str | None = None, **settings: Any) -> Stack:
+        stack = Stack(transport, pool, tmp_path, backend, **settings)
         stack.wf = define_workflow_tasks(stack.app, tmp_path)
         proj = PROJ.format(
             workdir=str(tmp_path),

@@ -182,6 +182,9 @@ class Tracer:
             "retries": request.retries,
             "delivery_info": request.delivery_info,
             "children": list(request.children),
+            # Where the rpc backend sends the states (the client's reply queue).
+            "reply_to": request.reply_to,
+            "correlation_id": request.correlation_id,
         }
 
     def _succeeded(
@@ -355,6 +358,42 @@ def call_errbacks(
                 sig.apply_async((request.id,), **link_options(request))
         except Exception:
             logger.exception("Errback %r of task %s raised", sig, request.id)
+
+
+def record_untraced_end(
+    app: Celery,
+    task: Task[Any, Any],
+    job: Job,
+    state: str,
+    exc: BaseException,
+    traceback: str | None = None,
+    hostname: str | None = None,
+) -> None:
+    """Record the end of a task that the tracer did not see end, as the tracer would have.
+
+    The worker's own failure paths call it. FAILURE (the process running the task was
+    killed, or a hard time limit stopped it): stored unless results are ignored, the rest of
+    its chain failed, its chord told, its errbacks called. REVOKED (expired, revoked, or
+    stopped; ``exc`` is the ``TaskRevokedError``): stored and its chord told, as Celery
+    does. The request goes with the state, so the rpc backend can address the reply
+    (``reply_to``, ``correlation_id``). Blocking I/O: call it off the event loop.
+    """
+    tracer = Tracer(app, hostname)
+    request = tracer._request(task, job)
+    failed = state == states.FAILURE
+    try:
+        if not failed or tracer._stores(task, request) or task.store_errors_even_if_ignored:
+            meta = tracer._request_meta(task, request)
+            task.backend.store_result(job.id, exc, state, traceback, meta)
+        if failed and request.chain:
+            tracer._fail_rest_of_chain(request, exc, traceback or "")
+    except Exception:
+        # The chord must hear of it all the same, or its body would wait for ever.
+        logger.exception("Recording the end (%s) of %s[%s] failed", state, task.name, job.id)
+    if request.chord:
+        on_chord_part_return(app, request, state, exc)  # fails the chord if it cannot count
+    if failed:
+        call_errbacks(app, request, exc, traceback or "")
 
 
 def _run_coroutine(make: Callable[[], Any]) -> Any:

@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
+from celeriac.app.trace import record_untraced_end
 from celeriac.control.revoked import RevokedSet
 from celeriac.events.worker import WorkerEvents
-from celeriac.exceptions import WorkerLostError
+from celeriac.exceptions import TaskRevokedError, WorkerLostError
 from celeriac.messaging.consumer import Consumer
 from celeriac.messaging.entities import Queue
 from celeriac.transports.base import Envelope, Outgoing
@@ -363,13 +364,21 @@ class TaskConsumer:
             self._acks.append(message)
 
     async def _record_failure(self, request: Request, outcome: Outcome) -> None:
-        """Store a failure the tracer could not (its process was killed, a time limit)."""
-        if request.info.ignore_result or request.task.ignore_result:
-            return
+        """Record a failure the tracer could not (its process was killed, a time limit):
+        stored, and told to its chord, chain and errbacks, in a thread (blocking I/O)."""
         info = outcome.error
         exc = _rebuild(info) if info is not None else WorkerLostError("worker lost")
         traceback = info.traceback if info is not None else None
-        await self.connection.arun(self.app.backend.mark_as_failure, request.id, exc, traceback)
+        await asyncio.to_thread(
+            record_untraced_end,
+            self.app,
+            request.task,
+            request.job,
+            states.FAILURE,
+            exc,
+            traceback,
+            self.hostname,
+        )
 
     async def _revoke(
         self, request: Request, *, expired: bool = False, signum: int | None = None
@@ -379,7 +388,14 @@ class TaskConsumer:
         reason = "expired" if expired else "revoked" if signum is None else "terminated"
         logger.info("Discarding %s task %s[%s]", reason, request.name, request.id)
         self.events.task_revoked(request.id, signum is not None, signum, expired)
-        await self.connection.arun(self.app.backend.mark_as_revoked, request.id, reason)
+        await asyncio.to_thread(
+            record_untraced_end,
+            self.app,
+            request.task,
+            request.job,
+            states.REVOKED,
+            TaskRevokedError(reason),
+        )
         signals.task_revoked.send(
             sender=request.task,
             request=request,
