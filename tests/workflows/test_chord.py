@@ -6,6 +6,8 @@ from whichever worker (or prefork child) ran it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from e2e_support import Stack, wait_until
 from workflow_support import TIMEOUT
@@ -98,3 +100,17 @@ def test_a_body_that_fails_fails_the_chord_result(threads_stack: Stack) -> None:
         result = chord([wf.add.s(1, 1)], wf.fail.s()).apply_async()
         with pytest.raises(ValueError, match="wf"):
             result.get(timeout=TIMEOUT)
+
+
+def test_the_rpc_backend_refuses_chords_when_sent_and_names_the_backends_that_count_them(
+    make_stack: Any,
+) -> None:
+    stack = make_stack("memory", "threads", backend="rpc://")
+    wf = stack.wf
+    for workflow in (
+        chord([wf.add.s(1, 1)], wf.tsum.s()),
+        group(wf.add.s(1, 1), wf.add.s(2, 2)) | wf.tsum.s(),
+    ):
+        with pytest.raises(NotImplementedError, match=r"rpc:// .* redis://, sqlite:// or memory"):
+            workflow.apply_async()
+    assert stack.queue_length() == 0  # nothing of either chord was sent

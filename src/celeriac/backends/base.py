@@ -397,21 +397,15 @@ class ResultBackend(ABC):
               ``expires_at``, None: for good) and may drop the parts; a later part of a done
               chord returns None and is not kept.
 
-        A Redis implementation, with Celery's keys so Celery workers can join the same
-        chord (``<group key>`` is ``celery-taskset-meta-<group_id>``): in one MULTI (or a
-        Lua script, which can also skip duplicates with a set of task ids) RPUSH
-        ``part.value`` onto ``<group key>.j`` (Celery >= 5.1 with ``result_chord_ordered``:
-        ZADD with score ``group_index``), read the length, GET ``<group key>.t`` (extra parts
-        added by ``add_to_chord``) and ``<group key>.s`` (the size ``set_chord_size``
-        stored), EXPIRE the three keys; the call that reads length == size (or ``.s``) +
-        ``.t`` reads the list (LRANGE/ZRANGE) and deletes the keys.
+        The Redis backend does it with Celery's keys, so Celery workers can join the same
+        chord (``backends/redis_chords.py``).
 
         Raises:
             NotImplementedError: This backend cannot count chord parts.
         """
         raise NotImplementedError(
             f"The {type(self).__name__} result backend ({mask_password(self.url)}) does not "
-            "support chords (the memory and SQLite result backends do)."
+            "support chords (the memory, SQLite and Redis result backends do)."
         )
 
     # -- reading ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 | expiry                   | received results are kept ``result_expires`` seconds         |
 | waking waiters           | one receiver thread per client; threads and event loops wake |
 | groups                   | no (``save_group`` and friends raise NotImplementedError)    |
+| chords                   | no: refused when sent (NotImplementedError), as in Celery    |
 | broker                   | the app's own: any transport (memory, sqlite, redis, amqp)   |
 
 How a result travels (Celery's wire format, so Celery clients and workers interoperate):
@@ -28,6 +29,13 @@ How a result travels (Celery's wire format, so Celery clients and workers intero
 Results are therefore private and not persistent: only the client that sent a task reads
 its result, and only while it runs; a reply that arrives while its queue is gone (the
 client closed, or lost its broker connection) is dropped by the broker.
+
+Chords (and a group piped into a task, which is one) are refused when they are sent, as
+Celery's rpc backend refuses them. A chord's body must run once, when the last of its
+header tasks has ended, and those end on different workers, so something they share must
+count them atomically. With rpc they share only the broker, which cannot count for them
+without a task that holds a worker slot and polls a queue. The error names the backends
+that count chords: ``redis://``, ``sqlite://`` and ``memory://``.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from celeriac.app.state import current_request
-from celeriac.backends.base import Record, ResultBackend, StoreItem, Write
+from celeriac.backends.base import ChordPart, Record, ResultBackend, StoreItem, Write
 from celeriac.backends.memory import MemoryBackend
 from celeriac.exceptions import ImproperlyConfigured, SerializationError
 from celeriac.messaging import compression
@@ -62,6 +70,12 @@ REPLY_RETRY_POLICY = RetryPolicy(max_retries=20, interval_start=0, interval_step
 MAX_BACKOFF = 2.0
 
 E_GROUPS = "The rpc:// result backend does not store groups; use redis://, sqlite:// or memory://"
+E_CHORDS = (
+    "The rpc:// result backend does not support chords (nor a group piped into a task, which "
+    "is a chord): its results are messages to the client that sent each task, so no worker "
+    "can count a chord's header. Use a result backend that counts chords: redis://, "
+    "sqlite:// or memory://."
+)
 
 
 class RPCBackend(ResultBackend):
@@ -229,6 +243,16 @@ class RPCBackend(ResultBackend):
 
     def delete_group(self, group_id: str) -> None:
         raise NotImplementedError(E_GROUPS)
+
+    # -- chords: refused, as in Celery (see the module's docstring) ------------------------
+    def ensure_chords_allowed(self) -> None:
+        """Refuse a chord when it is sent: this backend cannot count its header."""
+        raise NotImplementedError(E_CHORDS)
+
+    def _chord_part(
+        self, group_id: str, part: ChordPart, size: int | None, expires_at: float | None
+    ) -> list[ChordPart] | None:
+        raise NotImplementedError(E_CHORDS)
 
     # -- the storage surface: what this client received -------------------------------------
     def _get(self, key: str) -> Record | None:
