@@ -54,16 +54,6 @@ ChannelOp = Callable[[Channel], None]
 class Listener(Protocol):
     """What the session tells its transport (called on the network thread)."""
 
-    def deliver(
-        self,
-        epoch: int,
-        queue: str,
-        method: Any,
-        properties: pika.BasicProperties,
-        body: bytes,
-    ) -> None:
-        """A message arrived for ``queue`` (from a consumer or ``basic.get``)."""
-
     def lost(self, epoch: int) -> None:
         """The main channel of ``epoch`` is gone; its deliveries are void."""
 
