@@ -7,9 +7,11 @@ The broker restart tests are in ``test_amqp_restart.py`` (run rarely: the server
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -318,3 +320,27 @@ def lengths_eventually(conn: Connection, queue: Queue, expected: int) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_forked_child_publishes_on_a_session_of_its_own(
+    url: str, names: Callable[[str], str]
+) -> None:
+    queue = Queue(names("fork"))
+    with Connection(url) as conn:
+        put(conn, queue, "parent")
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process that has threads; this is the case
+            # the transport handles (its network thread does not survive the fork).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                put(conn, queue, "child")
+                conn.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _pid, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sorted(bodies(take(conn, queue, 2))) == ["child", "parent"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -79,6 +80,15 @@ def _flush_at_exit() -> None:
         transport.close()
 
 
+def _forked() -> None:
+    """In a forked child the network thread is gone: each transport opens a new session."""
+    for transport in list(_live):
+        transport._stale = True
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class AMQPTransport(Transport):
     """A session with RabbitMQ (AMQP 0-9-1)."""
 
@@ -94,23 +104,52 @@ class AMQPTransport(Transport):
         super().__init__(url, options)
         self.confirm_publish = bool(self.options.get("confirm_publish", False))
         self.topology = Topology(self.options.get("queue_type"))
-        self.inbox = Inbox()
         self._local = threading.local()
         self._closed = False
-        self.session = Session(wire.connection_parameters(url, self.options), self)
-        self.consumers = Consumers(self.session, self.inbox, self._settle_now)
-        self.session.start(float(self.options.get("connect_timeout", 4)) + 1)
+        self._stale = False
+        self._open()
         _live.add(self)
+
+    def _open(self) -> None:
+        self._inbox = Inbox()
+        self._session = Session(wire.connection_parameters(self.url, self.options), self)
+        self._consumers = Consumers(self._session, self._inbox, self._settle_now)
+        self._session.start(float(self.options.get("connect_timeout", 4)) + 1)
+
+    def _current(self) -> None:
+        # A forked child opens its own session (declaring again what was declared); the
+        # parent's deliveries stay the parent's.
+        if self._stale:
+            self._stale = False
+            self._open()
+
+    @property
+    def session(self) -> Session:
+        """The network thread's session."""
+        self._current()
+        return self._session
+
+    @property
+    def inbox(self) -> Inbox:
+        """The deliveries this session holds."""
+        self._current()
+        return self._inbox
+
+    @property
+    def consumers(self) -> Consumers:
+        """This session's consumers."""
+        self._current()
+        return self._consumers
 
     # -- the session's listener (network thread) ------------------------------------------
     def lost(self, epoch: int) -> None:
-        self.inbox.void(epoch)
-        self.consumers.void()
+        self._inbox.void(epoch)
+        self._consumers.void()
 
     def restore(self, session: Session) -> None:
         """Declare again what this session declared, then consume again."""
         self.topology.replay(session.main.run)
-        self.consumers.restore()
+        self._consumers.restore()
 
     # -- topology -------------------------------------------------------------------------
     def _call(
@@ -374,6 +413,8 @@ class AMQPTransport(Transport):
             return
         self._closed = True
         _live.discard(self)
+        if self._stale:
+            return  # a forked child's copy: the connection is the parent's to close
         private = self.topology.auto_delete_queues()
         if private and self.session.ready.is_set():
             # RabbitMQ deletes an auto-delete queue when its last consumer goes, which a
