@@ -221,7 +221,7 @@ class AMQPTransport(Transport):
     # -- publishing -----------------------------------------------------------------------
     def _check_exchanges(self, names: Iterable[str]) -> None:
         """Raise NotFound unless every exchange in ``names`` exists (checked once each)."""
-        for name in set(names) - self.topology.known_exchanges:
+        for name in self.topology.unknown_exchanges(names):
             self._call(partial(ops.passive_exchange_op, name), self.session.probe)
             self.topology.known_exchange(name)
 

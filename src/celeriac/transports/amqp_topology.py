@@ -12,7 +12,7 @@ calls one after another, so a run of them needs only its last one's answer (``do
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -113,6 +113,11 @@ class Topology:
         with self._lock:
             self.exchanges[exchange.name] = exchange
             self.known_exchanges.add(exchange.name)
+
+    def unknown_exchanges(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` not known to exist yet."""
+        with self._lock:
+            return set(names) - self.known_exchanges
 
     def known_exchange(self, name: str) -> None:
         with self._lock:
