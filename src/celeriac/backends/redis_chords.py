@@ -30,6 +30,11 @@ One script (``CHORD_PART``) per report, so counting is atomic across workers:
 - the report that makes the count reach the size (``.s``, else the size the body carries)
   plus ``.t`` gets every part, in header order, and in the same step marks the chord
   ``done`` and removes ``.j``, ``.t``, ``.s`` and ``.d``. Every other report gets nothing.
+- a report that knows no size (no ``.s``, and a body without ``chord_size``, as a Celery
+  client sends it) is counted and completes nothing: a Celery client stores ``.s`` just
+  before it sends the last header task, so earlier tasks may report before it exists,
+  and the last report to arrive always finds it. (celeriac clients store ``.s`` before
+  sending any header task, and the body carries the size too.)
 
 So exactly one report completes the chord. When Redis's reply to that report is lost
 (a dropped connection) and redis-py runs the script again, the second run must not be
@@ -77,8 +82,8 @@ end
 local stored = redis.call('GET', skey)
 if stored then size = tonumber(stored) end
 if not size or size <= 0 then
-  return redis.error_reply('chord ' .. skey .. ': no size (no .s key, and the body ' ..
-    'carries no chord_size)')
+  -- Not known yet: a Celery client stores .s just before it sends the last header task.
+  return false
 end
 local ready = redis.call('ZCARD', jkey)
 if ready < size + tonumber(redis.call('GET', tkey) or '0') then
