@@ -43,6 +43,19 @@ def test_a_header_task_stopped_by_its_hard_time_limit_fails_the_chord(
         header_failure(stack, header, 1, "TimeLimitExceeded")
 
 
+def test_a_chain_step_stopped_by_its_hard_time_limit_fails_the_rest_and_calls_its_errback(
+    prefork_stack: Stack,
+) -> None:
+    stack = prefork_stack
+    first = stack.tasks.hard_limited.si().on_error(stack.wf.on_error_id.s())
+    with stack.worker():
+        result = (first | stack.wf.add.s(1)).apply_async()
+        with pytest.raises(TimeLimitExceeded):
+            result.get(timeout=TIMEOUT)  # the step after it, which never ran
+        wait_until(lambda: stack.records("on_error_id"), what="the step's errback")
+    assert stack.records("on_error_id") == [result.parent.id]
+
+
 def test_a_header_task_that_expired_fails_the_chord(threads_stack: Stack) -> None:
     stack = threads_stack
     expired = stack.wf.add.s(2, 2).set(expires=datetime.now(UTC) + PAST)
