@@ -15,6 +15,7 @@ ADD = "interop.add"
 FAIL = "interop.fail"
 RETRY_ONCE = "interop.retry_once"
 WHO = "interop.who"
+TSUM = "interop.tsum"
 
 
 def register(app: Any, framework: str) -> dict[str, Any]:
@@ -38,7 +39,11 @@ def register(app: Any, framework: str) -> dict[str, Any]:
     def who() -> list[Any]:
         return [framework, os.getpid()]
 
-    return {ADD: add, FAIL: fail, RETRY_ONCE: retry_once, WHO: who}
+    @app.task(name=TSUM)
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    return {ADD: add, FAIL: fail, RETRY_ONCE: retry_once, WHO: who, TSUM: tsum}
 
 
 def settings(queue: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.chord import chord, first_of
 from celeriac.canvas.group import group, maybe_unroll_group
-from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature
+from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature, signatures
 from celeriac.canvas.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -138,6 +138,21 @@ class chain(Workflow[Any]):
             results.append(result)
         self["options"]["task_id"] = results[-1].id
         return results[-1]
+
+    def _start(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: dict[str, Any]
+    ) -> tuple[Any, list[Call]]:
+        """As Celery: ``apply_async(link=..., link_error=...)`` on a chain means what
+        ``chain.link``/``chain.link_error`` mean (the errback reaches every step), not an
+        option of the first step alone."""
+        given = {key: options.pop(key) for key in ("link", "link_error") if options.get(key)}
+        if not given:
+            return super()._start(args, kwargs, options)
+        sig = self._copy()
+        for key, value in given.items():
+            for callback in signatures(value, self._app):
+                sig._append_option(key, callback)
+        return Workflow._start(sig, args, kwargs, options)
 
     def _calls(
         self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: dict[str, Any]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -29,24 +30,49 @@ def setup_logging(app: Celery, loglevel: str) -> None:
     logging.basicConfig(level=level, format=app.conf.worker_log_format, stream=sys.stderr)
 
 
+@dataclass(frozen=True)
+class AppChoice:
+    """What the root options say about the app: ``-A``, and ``-b``/``--result-backend``."""
+
+    path: str | None
+    broker: str | None
+    backend: str | None
+
+
 @click.group()
 @click.option("-A", "--app", "app_path", metavar="APP", help="The app: module or module:attr.")
+@click.option("-b", "--broker", help="Broker URL (instead of the app's broker_url).")
+@click.option("--result-backend", help="Result backend URL (instead of the app's).")
 @click.pass_context
-def main(ctx: click.Context, app_path: str | None) -> None:
+def main(
+    ctx: click.Context, app_path: str | None, broker: str | None, result_backend: str | None
+) -> None:
     """celeriac: a distributed task queue with Celery's API."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    ctx.obj = app_path
+    ctx.obj = AppChoice(app_path, broker, result_backend)
 
 
 def _app(ctx: click.Context) -> Celery:
-    path = ctx.obj
-    if not path:
-        raise click.UsageError("give the app with -A/--app (e.g. celeriac -A proj worker)")
+    """The app of ``-A`` with ``-b``/``--result-backend`` applied; with ``-b`` alone, a
+    default app on that broker (enough for status, inspect, control and events)."""
+    choice: AppChoice = ctx.obj
+    if not choice.path:
+        if not choice.broker:
+            raise click.UsageError(
+                "give the app with -A/--app (e.g. celeriac -A proj worker), "
+                "or a broker with -b/--broker"
+            )
+        return Celery("celeriac", broker=choice.broker, backend=choice.backend)
     try:
-        return find_app(path)
+        app = find_app(choice.path)
     except (ImportError, AttributeError, LookupError) as exc:
-        raise click.UsageError(f"cannot load app {path!r}: {exc}") from exc
+        raise click.UsageError(f"cannot load app {choice.path!r}: {exc}") from exc
+    if choice.broker:
+        app.conf.broker_url = choice.broker
+    if choice.backend:
+        app.conf.result_backend = choice.backend
+    return app
 
 
 @main.command()
