@@ -10,6 +10,7 @@ The memory broker lives in one process, so it is paired only with the in-process
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sqlite3
@@ -47,6 +48,8 @@ ALL_STACKS = [
     ("sqlite", "prefork"),
     ("redis", "threads"),
     ("redis", "prefork"),
+    ("amqp", "threads"),
+    ("amqp", "prefork"),
 ]
 IN_PROCESS_STACKS = [stack for stack in ALL_STACKS if stack[1] != "prefork"]
 THREADS_STACKS = [stack for stack in ALL_STACKS if stack[1] == "threads"]
@@ -70,6 +73,42 @@ def forget_redis_keys(prefix: str) -> None:
                 client.delete(*keys)
         finally:
             client.close()
+
+
+AMQP_SERVER = "amqp://guest:guest@127.0.0.1:5672"
+_amqp_vhost: list[str] = []
+
+
+def amqp_url() -> str:
+    """A RabbitMQ vhost of this test process's own (made once, deleted at exit).
+
+    Other test runs on the same server (CI, a developer's second run) never see its queues;
+    within the run, each stack deletes the queues it used when it closes.
+    """
+    service_url(AMQP_SERVER + "//")
+    if not _amqp_vhost:
+        name = f"celeriac-e2e-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        for command in (
+            ["rabbitmqctl", "-q", "add_vhost", name],
+            ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+        atexit.register(
+            subprocess.run,
+            ["rabbitmqctl", "-q", "delete_vhost", name],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )
+        _amqp_vhost.append(name)
+    return f"{AMQP_SERVER}/{_amqp_vhost[0]}"
+
+
+def forget_amqp_queues(app: Celery, names: set[str]) -> None:
+    """Delete the queues a stack used (and their delay queues) from this run's vhost."""
+    with app.connection() as conn:
+        for name in names:
+            conn.transport.delete_queue(name)
 
 
 def stack_id(stack: tuple[str, str]) -> str:
@@ -229,6 +268,8 @@ class Stack:
                 "broker_transport_options": prefix,
                 "result_backend_transport_options": prefix,
             }
+        elif transport == "amqp":
+            self.url = amqp_url()
         else:
             raise ValueError(f"no e2e stack for {transport!r}")
         #: Results: ``backend`` when given (``rpc://``...), else the broker's own file or db.
@@ -322,3 +363,7 @@ class Stack:
         self.app.close()
         if self.transport == "redis":
             forget_redis_keys(f"e2e-{self.token}:")
+        if self.transport == "amqp":
+            conf = self.app.conf
+            used = {"celery", "special", conf.task_default_queue, conf.task_dead_letter_queue}
+            forget_amqp_queues(self.app, used | {q.name for q in conf.task_queues or ()})

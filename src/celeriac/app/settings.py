@@ -102,6 +102,10 @@ class Settings:
     #: celeriac: most ETA/countdown messages a worker holds in memory; beyond it they wait
     #: in the broker.
     worker_eta_hold_limit: int = 10_000
+    #: celeriac: ETA tasks due later than this (seconds) are not held by the worker but
+    #: deferred in the broker until shortly before they are due (RabbitMQ closes a channel
+    #: holding an unacked message past its consumer timeout, 30 minutes by default).
+    worker_eta_hold_max_delay: float = 600.0
     # -- time -----------------------------------------------------------------------------
     timezone: str | None = None
     enable_utc: bool = True

@@ -45,6 +45,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: Longest idle wait before looking at the broker again.
 IDLE_WAIT = 1.0
+#: The consumer window changes in steps of at least this many messages.
+MIN_WINDOW_STEP = 16
 #: First and longest pause before fetching again after the broker connection failed.
 RECONNECT_FIRST_PAUSE = 0.1
 RECONNECT_MAX_PAUSE = 2.0
@@ -76,6 +78,7 @@ class TaskConsumer:
             app.conf.task_default_rate_limit, app.conf.worker_disable_rate_limits
         )
         self.eta_limit = app.conf.worker_eta_hold_limit
+        self.eta_max_delay = app.conf.worker_eta_hold_max_delay
         self.connection: Connection = app.connection()
         self.consumer = Consumer(
             self.connection, self.queues, prefetch_count=0, accept=app.conf.accept_content
@@ -103,6 +106,21 @@ class TaskConsumer:
     async def start(self) -> None:
         """Declare the queues and start consuming."""
         await self.connection.arun(self.consumer.consume)
+        await self._retune_window()
+
+    def _wanted_window(self) -> int:
+        """Unacked messages this worker may hold: its prefetch for running tasks, as many
+        again for acks not yet sent, and the held (ETA, rate-limited) tasks; in steps, so
+        a push transport (AMQP, whose consumer restarts on a change) is re-told rarely."""
+        step = max(self.prefetch, MIN_WINDOW_STEP)
+        wanted = 2 * self.prefetch + len(self.held)
+        return -(-wanted // step) * step
+
+    async def _retune_window(self) -> None:
+        """Tell the consumer (and a push transport, through ``qos``) the window it needs."""
+        wanted = self._wanted_window()
+        if wanted != self.consumer.prefetch_count:
+            await self.connection.arun(self.consumer.qos, wanted)
 
     async def run(self) -> None:
         """Fetch and dispatch until ``stop`` is called.
@@ -150,6 +168,8 @@ class TaskConsumer:
                 raise
         for message in messages:
             self._receive(message)
+        if messages:
+            await self._retune_window()
         # Acks wait for the next fetch to ride along, unless this step fetched.
         await self.flush(acks=refill)
         if messages:
@@ -246,11 +266,12 @@ class TaskConsumer:
     def _hold(self, request: Request, delay: float) -> None:
         """Keep ``request`` (unacked) until ``delay`` seconds pass, then admit it.
 
-        Beyond ``worker_eta_hold_limit`` held tasks, a task not due within ``ETA_MARGIN``
-        goes back to the broker, hidden until shortly before it is due: memory stays
-        bounded and tasks that are due keep flowing.
+        Beyond ``worker_eta_hold_limit`` held tasks, or when it is due later than
+        ``worker_eta_hold_max_delay``, a task not due within ``ETA_MARGIN`` goes back to the
+        broker, hidden until shortly before it is due: memory stays bounded, tasks that are
+        due keep flowing, and no message is held unacked for long (which RabbitMQ punishes).
         """
-        if len(self.held) >= self.eta_limit and delay > ETA_MARGIN:
+        if delay > ETA_MARGIN and (len(self.held) >= self.eta_limit or delay > self.eta_max_delay):
             self._return_held(request, delay)
             return
 
