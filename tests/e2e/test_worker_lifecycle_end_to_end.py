@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from e2e_support import Stack, wait_until
 
 from celeriac import states
@@ -57,3 +58,19 @@ def test_a_full_eta_hold_does_not_block_tasks_that_are_due(
         wait_until(lambda: stack.queue_length() <= 1, what="the worker to hold the tasks")
         time.sleep(0.2)
         assert stack.tasks.add.delay(2, 3).get(timeout=3) == 5
+
+
+@pytest.mark.parametrize("transport", ["sqlite", "redis", "amqp"])
+def test_eta_tasks_due_beyond_the_hold_delay_wait_in_the_broker_not_the_worker(
+    make_stack: Callable[..., Stack], transport: str
+) -> None:
+    stack = make_stack(transport, "threads", worker_eta_hold_max_delay=5)
+    with stack.worker() as worker:
+        far = stack.tasks.add.apply_async((1, 2), countdown=3600)
+        near = stack.tasks.add.apply_async((2, 2), countdown=0.5)
+        # Sent first, so received before ``near`` ran: deferred, not held.
+        assert near.get(timeout=TIMEOUT) == 4
+        assert far.id not in worker.consumer.held  # type: ignore[union-attr]
+        if transport != "amqp":  # RabbitMQ's delay queues are not the queue's length
+            wait_until(lambda: stack.queue_length() == 1, what="the deferred task")
+    assert far.state == states.PENDING
