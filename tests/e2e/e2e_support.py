@@ -270,6 +270,10 @@ class Stack:
             }
         elif transport == "amqp":
             self.url = amqp_url()
+            # Results on Redis: a key prefix of the stack's own there too.
+            self.server_settings = {
+                "result_backend_transport_options": {"global_keyprefix": f"e2e-{self.token}:"}
+            }
         else:
             raise ValueError(f"no e2e stack for {transport!r}")
         #: Results: ``backend`` when given (``rpc://``...), else the broker's own file or db.
@@ -361,7 +365,7 @@ class Stack:
         for process in self.processes:
             process.close()
         self.app.close()
-        if self.transport == "redis":
+        if self.transport in {"redis", "amqp"}:
             forget_redis_keys(f"e2e-{self.token}:")
         if self.transport == "amqp":
             conf = self.app.conf

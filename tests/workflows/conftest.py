@@ -31,11 +31,16 @@ from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.testing import service_url
 
 #: (transport, pool) pairs the end-to-end workflow tests run on.
-THREADS_STACKS = [("memory", "threads"), ("sqlite", "threads"), ("redis", "threads")]
+THREADS_STACKS = [
+    ("memory", "threads"),
+    ("sqlite", "threads"),
+    ("redis", "threads"),
+    ("amqp", "threads"),
+]
 WORKFLOW_STACKS = [*THREADS_STACKS, ("sqlite", "prefork")]
 #: ...and those the key primitives run on (a prefork worker costs a process start).
-KEY_STACKS = [*WORKFLOW_STACKS, ("redis", "prefork")]
-PREFORK_STACKS = [("sqlite", "prefork"), ("redis", "prefork")]
+KEY_STACKS = [*WORKFLOW_STACKS, ("redis", "prefork"), ("amqp", "prefork")]
+PREFORK_STACKS = [("sqlite", "prefork"), ("redis", "prefork"), ("amqp", "prefork")]
 
 PROJ = """\
 from pathlib import Path
