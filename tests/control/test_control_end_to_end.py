@@ -15,6 +15,7 @@ from e2e_support import Stack, wait_until
 
 from celeriac import states
 from celeriac.exceptions import TaskRevokedError
+from celeriac.utils.url import mask_password
 
 TIMEOUT = 10.0
 A, B = "a@control", "b@control"
@@ -77,7 +78,9 @@ def test_inspect_reserved_and_scheduled_show_waiting_tasks(stack: Stack) -> None
         running = stack.tasks.gate.delay("busy")
         started(stack, "busy")
         waiting = stack.tasks.add.delay(1, 2)
-        later = stack.tasks.add.apply_async((3, 4), countdown=3600)
+        # Due within worker_eta_hold_max_delay (10 min), so the worker holds it; a task due
+        # later waits in the broker instead (deferred) and is not the worker's to show.
+        later = stack.tasks.add.apply_async((3, 4), countdown=300)
         wait_until(lambda: one(stack).reserved()[A], what="the second task to be reserved")
         assert [t["id"] for t in one(stack).reserved()[A]] == [waiting.id]
         [entry] = wait_until(lambda: one(stack).scheduled()[A], what="the ETA task")
@@ -109,7 +112,7 @@ def test_a_revoked_task_waiting_in_the_worker_never_runs(stack: Stack) -> None:
 
 def test_a_revoked_eta_task_is_discarded_at_once(stack: Stack) -> None:
     with stack.worker(hostname=A):
-        later = stack.tasks.add.apply_async((1, 1), countdown=3600)
+        later = stack.tasks.add.apply_async((1, 1), countdown=300)  # held: within 10 min
         wait_until(lambda: one(stack).scheduled()[A], what="the ETA task to be held")
         later.revoke()
         with pytest.raises(TaskRevokedError):
@@ -216,7 +219,7 @@ def test_stats_registered_conf_and_report_describe_the_worker(stack: Stack) -> N
         registered = one(stack).registered("rate_limit")[A]
         assert "e2e.add" in registered and "e2e.limited [rate_limit=10/s]" in registered
         conf = one(stack).conf()[A]
-        assert conf["broker_url"] == stack.url
+        assert conf["broker_url"] == mask_password(stack.url)  # a password is never sent out
         assert "task_serializer" not in conf  # defaults only when asked for
         assert one(stack).conf(with_defaults=True)[A]["task_serializer"] == "json"
         assert "software -> celeriac:" in one(stack).report()[A]["ok"]
