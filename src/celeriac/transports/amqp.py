@@ -20,8 +20,10 @@ ways. When a ``Consumer`` has told its window (``qos``), the queue has a ``basic
 with that prefetch: the broker pushes up to the window, deliveries wait in a buffer and
 ``fetch`` takes from it without a round trip. Without a window (``prefetch_count=0``),
 ``fetch`` uses ``basic.get``, which takes exactly what was asked for, and ``wait`` watches
-the queues with short-lived prefetch-1 consumers. Acks go out in batches, one
-``multiple=True`` frame for the longest run of settled tags at the head of the channel.
+the queues with short-lived prefetch-1 consumers (on an auto-delete queue the watcher stays:
+RabbitMQ would delete the queue when its last consumer goes; see ``amqp_consumers``). Acks
+go out in batches, one ``multiple=True`` frame for the longest run of settled tags at the
+head of the channel.
 
 On a lost connection the session reconnects with backoff and this transport declares again
 what it declared and consumes again; deliveries of the lost connection are void (their acks
@@ -113,7 +115,9 @@ class AMQPTransport(Transport):
     def _open(self) -> None:
         self._inbox = Inbox()
         self._session = Session(wire.connection_parameters(self.url, self.options), self)
-        self._consumers = Consumers(self._session, self._inbox, self._settle_now)
+        self._consumers = Consumers(
+            self._session, self._inbox, self._settle_now, self.topology.is_auto_delete
+        )
         self._session.start(float(self.options.get("connect_timeout", 4)) + 1)
 
     def _current(self) -> None:

@@ -9,6 +9,14 @@
 - While a pull consumer waits, its queues are watched by prefetch-1 consumers, cancelled
   when the wait ends; what they received waits in the inbox for the next fetch.
 
+RabbitMQ deletes an auto-delete queue when its last consumer is cancelled, but celeriac's
+contract deletes it when the connection that declared it closes. So on an auto-delete queue
+no consumer of ours may be the last to go while the session lives: its watcher stands
+(kept after the wait, until the queue is deleted or the connection closes), a new window's
+consumer starts before the old one is cancelled, and a push consumer hands over to a
+standing watcher when the window goes. A standing watcher holds at most one message, which
+the next fetch takes like any other.
+
 Consumer tags and what they consume are network-thread state; windows are read by the
 caller's thread too, under a lock.
 """
@@ -28,15 +36,19 @@ from celeriac.transports.amqp_session import Done, Session
 from celeriac.transports.base import Delivery
 
 Settle = Callable[[list[int], "bool | None"], None]
+IsAutoDelete = Callable[[str], bool]
 
 
 class Consumers:
     """The consumers of one session, and its ``basic.get`` in progress."""
 
-    def __init__(self, session: Session, inbox: Inbox, settle: Settle) -> None:
+    def __init__(
+        self, session: Session, inbox: Inbox, settle: Settle, auto_delete: IsAutoDelete
+    ) -> None:
         self.session = session
         self.inbox = inbox
         self.settle = settle
+        self.auto_delete = auto_delete
         self._lock = threading.Lock()
         self._windows: dict[str, int] = {}
         self._push: dict[str, str] = {}  # queue -> consumer tag
@@ -69,6 +81,13 @@ class Consumers:
         with self._lock:
             self._windows.pop(queue, None)
 
+        def drop() -> None:
+            for tag in (self._push.pop(queue, None), self._watchers.pop(queue, None)):
+                if tag is not None:
+                    self._tags.pop(tag, None)
+
+        self.session.post(drop)
+
     def get_op(self, queues: list[str], count: int) -> Callable[[Channel, Done], None]:
         """The channel operation that gets up to ``count`` messages from ``queues``."""
         with self._lock:
@@ -83,18 +102,20 @@ class Consumers:
     def watch(self) -> list[str]:
         """Watch the queues last read with ``basic.get`` (until ``unwatch``)."""
         with self._lock:
-            queues = [
-                q for q in self._watch_next if q not in self._watchers and q not in self._windows
-            ]
+            queues = [q for q in self._watch_next if q not in self._windows]
             self._watch_next.clear()
         main = self.session.main
         for name in queues:
-            self.session.post(partial(main.run, partial(self._consume, name, 1, False)))
+            self.session.post(partial(main.run, partial(self._watch, name)))
         return queues
 
     def unwatch(self, queues: list[str]) -> None:
+        """Stop watching ``queues``, except auto-delete ones (their watchers stand)."""
+
         def stop() -> None:
             for name in queues:
+                if self.auto_delete(name):
+                    continue
                 tag = self._watchers.pop(name, None)
                 if tag is not None:
                     self._cancel(tag)
@@ -125,21 +146,31 @@ class Consumers:
         self._tags[tag] = (queue, push)
         (self._push if push else self._watchers)[queue] = tag
 
+    def _watch(self, queue: str, ch: Channel) -> None:
+        if queue not in self._watchers and queue not in self._push:
+            self._consume(queue, 1, False, ch)
+
     def _restart(self, queue: str, prefetch: int) -> None:
-        self._stop(queue, requeue=False)
+        """Consume ``queue`` with a new window: the new consumer starts before the old goes
+        (deliveries the old one made stay valid), and a watcher is no longer needed."""
+        old = self._push.pop(queue, None)
         if self.session.ready.is_set():
             self.session.main.run(partial(self._consume, queue, prefetch, True))
+        for tag in (old, self._watchers.pop(queue, None)):
+            if tag is not None:
+                self._cancel(tag)
 
-    def _stop(self, queue: str, requeue: bool = True) -> None:
+    def _stop(self, queue: str) -> None:
         """Cancel the push consumer of ``queue``; what it buffered goes back to the queue."""
         tag = self._push.pop(queue, None)
         if tag is None:
             return
+        if self.auto_delete(queue) and self.session.ready.is_set():
+            self.session.main.run(partial(self._watch, queue))  # so the queue stays
         self._cancel(tag)
-        if requeue:
-            returned = self.inbox.take_buffer(queue)
-            if returned:
-                self.settle([d.delivery_tag for d in returned], True)
+        returned = self.inbox.take_buffer(queue)
+        if returned:
+            self.settle([d.delivery_tag for d in returned], True)
 
     def _cancel(self, tag: str) -> None:
         def forget(_frame: Any) -> None:

@@ -153,6 +153,11 @@ class Topology:
         with self._lock:
             self.bindings.pop(self._key(queue, binding), None)
 
+    def is_auto_delete(self, name: str) -> bool:
+        """Whether ``name`` was declared here as an auto-delete queue."""
+        queue = self.queues.get(name)  # one dict read: atomic, no lock needed
+        return queue is not None and queue.auto_delete
+
     def auto_delete_queues(self) -> list[str]:
         with self._lock:
             return [q.name for q in self.queues.values() if q.auto_delete]
