@@ -143,7 +143,7 @@ def test_sigterm_returns_a_held_countdown_task_to_the_broker(
 ) -> None:
     stack = make_stack("sqlite", pool)
     worker = stack.spawn()
-    held = stack.tasks.add.apply_async((1, 2), countdown=3600)
+    held = stack.tasks.add.apply_async((1, 2), countdown=300)
     wait_until(lambda: stack.queue_length() == 0, what="the worker to take the task")
     time.sleep(0.1)
     worker.signal(signal.SIGTERM)

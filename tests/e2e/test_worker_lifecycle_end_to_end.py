@@ -40,7 +40,7 @@ def test_eta_tasks_beyond_the_hold_limit_stay_in_the_broker(
 ) -> None:
     stack = make_stack("sqlite", "threads", worker_eta_hold_limit=2)
     for _ in range(3):  # waiting before the worker starts: its first fetch could take all
-        stack.tasks.add.apply_async((1, 2), countdown=3600)
+        stack.tasks.add.apply_async((1, 2), countdown=300)
     with stack.worker():
         wait_until(lambda: stack.queue_length() <= 1, what="the worker to hold two")
         time.sleep(0.2)
@@ -54,7 +54,7 @@ def test_a_full_eta_hold_does_not_block_tasks_that_are_due(
     stack = make_stack("sqlite", "threads", worker_eta_hold_limit=2)
     with stack.worker():
         for _ in range(3):
-            stack.tasks.add.apply_async((1, 2), countdown=3600)
+            stack.tasks.add.apply_async((1, 2), countdown=300)
         wait_until(lambda: stack.queue_length() <= 1, what="the worker to hold the tasks")
         time.sleep(0.2)
         assert stack.tasks.add.delay(2, 3).get(timeout=3) == 5
