@@ -7,7 +7,13 @@ sends a ``Job`` (or ``None``: stop); the child answers ``(READY,)`` once after s
 replacing" (``max_tasks_per_child`` or ``max_memory_per_child`` was reached).
 
 A child never returns into the code it was forked from: it leaves through ``os._exit``, so
-the parent's atexit handlers, finalizers and buffered files are not run twice.
+the parent's atexit handlers, finalizers and buffered files are not run twice. What the
+child itself opened it closes first: the broker connections and result backends of every
+app (made in the child: at start it makes each app forget those it inherited, which are the
+parent's). Closing flushes them; without it a publish a task made just before its child
+exits (a chain's next step, a link callback, a task it sent) could be lost, since an AMQP
+publish without confirms returns once handed to the connection's network thread. Before
+that the child sends ``worker_process_shutdown`` (``pid``, ``exitcode``), as Celery does.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+from celeriac import signals
+from celeriac.app.state import all_apps
 from celeriac.worker.job import ExceptionInfo, Job, Outcome
 from celeriac.worker.pools.base import Runner, failure, run_with_soft_limit
 
@@ -57,6 +65,7 @@ def child_main(conn: socket.socket, options: ChildOptions) -> NoReturn:
     code = 0
     try:
         reset_signals()
+        forget_inherited_clients()
         if options.on_process_start is not None:
             options.on_process_start()
         conn.sendall(dumps((READY,)))
@@ -65,11 +74,41 @@ def child_main(conn: socket.socket, options: ChildOptions) -> NoReturn:
         code = 1
         logger.exception("Pool child %d failed", os.getpid())
     finally:
+        release_clients(code)
         for stream in (sys.stdout, sys.stderr):
             # A closed or broken stream must not keep the child from exiting.
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def forget_inherited_clients() -> None:
+    """Make every app drop the connections and backends it inherited (the parent's).
+
+    The worker does it for its own app too (``worker_process_init`` handlers may then open
+    new ones); other apps in the process get the same, so all a child closes is its own.
+    """
+    for app in all_apps():
+        app.after_fork()
+
+
+def release_clients(exitcode: int) -> None:
+    """Send ``worker_process_shutdown``, then close what the apps opened in this child.
+
+    Closing a connection flushes what was handed to it: publishes still on their way to
+    the broker go out before the process ends. A failure is logged, never raised: the
+    child is leaving either way.
+    """
+    pid = os.getpid()
+    try:
+        signals.worker_process_shutdown.send(sender=None, pid=pid, exitcode=exitcode)
+    except BaseException:  # a receiver's SystemExit or KeyboardInterrupt included
+        logger.exception("worker_process_shutdown failed in pool child %d", pid)
+    for app in all_apps():
+        try:
+            app.close()
+        except BaseException:
+            logger.exception("Pool child %d could not close the connections of %r", pid, app)
 
 
 def reset_signals() -> None:
