@@ -41,6 +41,7 @@ from celeriac.messaging.entities import Queue
 from celeriac.messaging.pools import ConnectionPool, ProducerPool
 from celeriac.messaging.retry import RetryPolicy
 from celeriac.result import AsyncResult as Result
+from celeriac.utils.ids import uuid4_text
 from celeriac.utils.url import scheme_of
 
 if TYPE_CHECKING:
@@ -398,6 +399,36 @@ class Celery:
             backend.close()
 
     # -- sending --------------------------------------------------------------------------
+    def _times(self, name: str, options: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+        """``(eta, expires)`` as aware times, from the ``countdown``/``eta``/``expires``
+        options (each popped)."""
+        countdown = options.pop("countdown", None)
+        eta = options.pop("eta", None)
+        expires = options.pop("expires", None)
+        if countdown is None and eta is None and expires is None:
+            return None, None  # the usual call: no clock or time zone needed
+        if countdown is not None and eta is not None:
+            raise ValueError(f"{name}: give countdown or eta, not both")
+        now = self.now()
+        eta_time = now + timedelta(seconds=float(countdown)) if countdown is not None else None
+        if eta is not None:
+            eta_time = _aware(eta, self.timezone)
+        expires_time: datetime | None = None
+        if isinstance(expires, int | float):
+            expires_time = now + timedelta(seconds=float(expires))
+        elif isinstance(expires, timedelta):
+            expires_time = now + expires
+        elif expires is not None:
+            expires_time = _aware(expires, self.timezone)
+        return eta_time, expires_time
+
+    def _links(self, options: dict[str, Any], key: str) -> list[Any] | None:
+        """The ``link``/``link_error`` option (popped) as signature dicts; None when unset."""
+        value = options.pop(key, None)
+        if value is None:
+            return None
+        return [dict(s) for s in signatures(value, self)] or None
+
     def _prepare(
         self, name: str, args: Any, kwargs: Any, options: dict[str, Any]
     ) -> tuple[TaskMessage, Queue, str, str, dict[str, Any]]:
@@ -405,22 +436,8 @@ class Celery:
             raise TypeError(f"{name}: args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise TypeError(f"{name}: kwargs must be a mapping, not {type(kwargs).__name__}")
-        countdown, eta, expires = (options.pop(k, None) for k in ("countdown", "eta", "expires"))
-        if countdown is not None and eta is not None:
-            raise ValueError(f"{name}: give countdown or eta, not both")
-        now = self.now()
-        tz = self.timezone
-        eta_time = now + timedelta(seconds=float(countdown)) if countdown is not None else None
-        if eta is not None:
-            eta_time = _aware(eta, tz)
-        expires_time: datetime | None = None
-        if isinstance(expires, int | float):
-            expires_time = now + timedelta(seconds=float(expires))
-        elif isinstance(expires, timedelta):
-            expires_time = now + expires
-        elif expires is not None:
-            expires_time = _aware(expires, tz)
-        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        eta_time, expires_time = self._times(name, options)
+        task_id = options.pop("task_id", None) or uuid4_text()
         parent = state.current_request.get()
         parent_id = options.pop("parent_id", None)
         root_id = options.pop("root_id", None)
@@ -439,8 +456,8 @@ class Celery:
             group_index=options.pop("group_index", None),
             retries=options.pop("retries", 0) or 0,
             chord=options.pop("chord", None),
-            callbacks=[dict(s) for s in signatures(options.pop("link", None), self)] or None,
-            errbacks=[dict(s) for s in signatures(options.pop("link_error", None), self)] or None,
+            callbacks=self._links(options, "link"),
+            errbacks=self._links(options, "link_error"),
             chain=options.pop("chain", None),
             reply_to=self._reply_to(options.pop("reply_to", None), task_id, parent),
             time_limit=options.pop("time_limit", None),

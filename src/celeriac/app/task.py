@@ -227,7 +227,7 @@ class Task(Generic[P, R]):
             raise TypeError(f"{self.name}: kwargs must be a mapping, not {type(kwargs).__name__}")
         args_list, kwargs_dict = list(args or ()), dict(kwargs or {})
         self.check_arguments(args_list, kwargs_dict)
-        merged = {k: getattr(self, k) for k in TASK_OPTIONS if getattr(self, k) is not None}
+        merged = {k: v for k in TASK_OPTIONS if (v := getattr(self, k)) is not None}
         merged.update({k: v for k, v in options.items() if v is not None})
         if "ignore_result" not in merged:
             merged["ignore_result"] = self._ignores_result()

@@ -136,7 +136,7 @@ class Producer:
             attempt,
             RetryPolicy.from_mapping(retry_policy),
             self.connection.transport_cls.recoverable_errors,
-            f"publish to {self.connection.as_uri()}",
+            lambda: f"publish to {self.connection.as_uri()}",
             on_retry=lambda _exc: self.connection.reset(),
         )
 
@@ -161,7 +161,7 @@ class Producer:
             attempt,
             RetryPolicy.from_mapping(retry_policy),
             conn.transport_cls.recoverable_errors,
-            f"publish to {conn.as_uri()}",
+            lambda: f"publish to {conn.as_uri()}",
             on_retry=lambda _exc: conn.reset(),
         )
 

@@ -65,16 +65,25 @@ class RetryPolicy:
             retries += 1
 
 
-def _exhausted(describe: str, attempts: int, exc: BaseException) -> OperationalError:
+#: What is being retried, for the log and the final error: text, or a function making it
+#: (called only when an attempt failed, so the happy path builds no message).
+Describe = str | Callable[[], str]
+
+
+def _text(describe: Describe) -> str:
+    return describe if isinstance(describe, str) else describe()
+
+
+def _exhausted(describe: Describe, attempts: int, exc: BaseException) -> OperationalError:
     noun = "attempt" if attempts == 1 else "attempts"
-    return OperationalError(f"{describe}: failed after {attempts} {noun}: {exc!r}")
+    return OperationalError(f"{_text(describe)}: failed after {attempts} {noun}: {exc!r}")
 
 
 def call_with_retry(
     fn: Callable[[], T],
     policy: RetryPolicy,
     errors: tuple[type[BaseException], ...],
-    describe: str,
+    describe: Describe,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Call ``fn`` until it succeeds or the policy is exhausted.
@@ -83,7 +92,8 @@ def call_with_retry(
         fn: The operation.
         policy: The retry schedule.
         errors: Exceptions that are worth a retry; others propagate at once.
-        describe: What is being done and to whom (password masked), for the final error.
+        describe: What is being done and to whom (password masked), for the log and the
+            final error; a function is called only once an attempt failed.
         on_retry: Called with the error before each retry (e.g. to reconnect).
 
     Raises:
@@ -99,7 +109,7 @@ def call_with_retry(
             interval = next(schedule, None)
             if interval is None:
                 raise _exhausted(describe, attempts, exc) from exc
-            logger.warning("%s: %r; retrying in %.2fs", describe, exc, interval)
+            logger.warning("%s: %r; retrying in %.2fs", _text(describe), exc, interval)
             if on_retry is not None:
                 on_retry(exc)
             time.sleep(interval)
@@ -109,7 +119,7 @@ async def acall_with_retry(
     fn: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     errors: tuple[type[BaseException], ...],
-    describe: str,
+    describe: Describe,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """The asynchronous twin of ``call_with_retry``: same schedule, sleeps without blocking."""
@@ -123,7 +133,7 @@ async def acall_with_retry(
             interval = next(schedule, None)
             if interval is None:
                 raise _exhausted(describe, attempts, exc) from exc
-            logger.warning("%s: %r; retrying in %.2fs", describe, exc, interval)
+            logger.warning("%s: %r; retrying in %.2fs", _text(describe), exc, interval)
             if on_retry is not None:
                 on_retry(exc)
             await asyncio.sleep(interval)

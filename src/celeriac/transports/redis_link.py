@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
@@ -171,6 +172,16 @@ class Script:
         return cls(text, hashlib.sha1(text.encode()).hexdigest(), idempotent)
 
 
+def packed_call(script: Script, args: Args) -> list[bytes]:
+    """The ``EVALSHA`` command for ``script``, in Redis's wire format.
+
+    hiredis packs the arguments as redis-py would (which uses it too), without redis-py's
+    per-argument Python pass: a publish sends one of these per message.
+    """
+    command: Any = ("EVALSHA", script.sha, 0, *args)  # (hiredis types a 1-tuple here)
+    return [hiredis.pack_command(command)]
+
+
 def run_script(client: redis.Redis, script: Script, args: Args) -> Any:
     """Run ``script`` through a redis-py client (loading it when Redis lacks it)."""
     try:
@@ -242,7 +253,7 @@ class Link:
             if self._unconfirmed or self._replied:
                 self.flush()
             try:
-                self._connection().send_command("EVALSHA", script.sha, 0, *args)
+                self._connection().send_packed_command(packed_call(script, args))
             except CONNECTION_ERRORS:
                 self._lost()
                 raise
@@ -321,7 +332,7 @@ class Link:
     def _run_once(self, script: Script, args: Args) -> Any:
         conn = self._connection()
         try:
-            conn.send_command("EVALSHA", script.sha, 0, *args)
+            conn.send_packed_command(packed_call(script, args))
             return conn.read_response()
         except NoScriptError:
             # Redis restarted (or flushed its script cache): load it and go again.

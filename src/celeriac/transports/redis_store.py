@@ -41,17 +41,41 @@ MAX_STALE_ROUTES = 10
 
 _STORE, _TOPOLOGY = Script.of(lua.STORE), Script.of(lua.TOPOLOGY, idempotent=True)
 
+
 # Headers are nearly always plain JSON (Celery's are): the stdlib's C encoder first, the
-# extended-type serializer only when that fails.
-_PLAIN_JSON = json.JSONEncoder(separators=(",", ":"))
+# extended-type serializer only when that fails. The encoder is made once (what
+# ``JSONEncoder.encode`` would make on every call); without a circular-reference check, so
+# it is safe to share between threads (a cycle in headers fails with RecursionError).
+def _make_plain_json() -> Callable[[Any], str]:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the pure-Python encoder
+        return json.JSONEncoder(separators=(",", ":")).encode
+    encoder = make(
+        None,
+        json.JSONEncoder().default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+    return lambda value: "".join(encoder(value, 0))
+
+
+_encode_plain = _make_plain_json()
 
 
 def encode_payload(exchange: str, key: str, envelope: Envelope, expires_at: float | None) -> bytes:
     """The stored form of one message copy."""
-    meta = [exchange, key, dict(envelope.headers), envelope.properties.to_dict(), expires_at]
+    headers = envelope.headers
+    if type(headers) is not dict:
+        headers = dict(headers)
+    meta = [exchange, key, headers, envelope.properties.to_dict(), expires_at]
     try:
-        text = _PLAIN_JSON.encode(meta).encode()
-    except TypeError:
+        text = _encode_plain(meta).encode()
+    except (TypeError, RecursionError):
         text = serialization.dumps(meta)[2]
     return text + b"\n" + envelope.body
 
