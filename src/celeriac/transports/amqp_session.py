@@ -20,12 +20,17 @@ A lost connection fails every waiting call with ``ConnectionError``, tells the t
 (its deliveries are void: the broker redelivers them) and reconnects with a growing pause
 (at most ``MAX_BACKOFF``). After connecting, the transport restores its topology and
 consumers (``Listener.restore``) before the session reports itself ready again.
+
+The session logs in one line each that the connection was lost, that reconnecting fails
+(again once a minute while it does) and that it reconnected; pika's own lines about the
+same are quieted unless the user configured pika's logger (see ``amqp_logs``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,6 +42,7 @@ from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 
 from celeriac.exceptions import ImproperlyConfigured, NotFound, OperationalError
+from celeriac.transports.amqp_logs import failure_reason, quiet_pika
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +52,13 @@ MAX_BACKOFF = 1.0
 #: Longest wait for the session to be ready (a channel being reopened, a reconnection)
 #: before a call fails with ConnectionError and leaves it to the caller's retry policy.
 READY_WAIT = 2.0
+#: While reconnecting fails, how often (seconds) the session says so again.
+FAILING_LOG_EVERY = 60.0
 
 Done = Callable[[Any], None]
 ChannelOp = Callable[[Channel], None]
+
+quiet_pika()
 
 
 class Listener(Protocol):
@@ -252,6 +262,12 @@ class Session:
         self._on_ready: list[Callable[[], None]] = []
         self._wake_pending = False
         self._backoff = FIRST_BACKOFF
+        #: When the connection was lost (None while connected), and when we last said
+        #: that reconnecting fails.
+        self._lost_at: float | None = None
+        self._failure_logged_at: float | None = None
+        #: Failed connection attempts since the connection was lost.
+        self.failed_attempts = 0
         self._thread = threading.Thread(target=self._run, name="celeriac-amqp", daemon=True)
 
     # -- lifecycle (any thread) -----------------------------------------------------------
@@ -381,14 +397,25 @@ class Session:
         )
 
     def _restored(self, _frame: Any) -> None:
-        if self.epoch > 0:
-            logger.warning("Reconnected to RabbitMQ at %s", self.params.host)
+        if self._lost_at is not None:
+            logger.warning(
+                "Reconnected to RabbitMQ at %s after %.1f s",
+                self.address,
+                time.monotonic() - self._lost_at,
+            )
+            self._lost_at = self._failure_logged_at = None
+            self.failed_attempts = 0
         self.ready.set()
         if not self._started.done():
             self._started.set_result(None)
         waiting, self._on_ready = self._on_ready, []
         for op in waiting:
             op()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the broker, for log lines."""
+        return f"{self.params.host}:{self.params.port}"
 
     @property
     def connected(self) -> bool:
@@ -405,11 +432,38 @@ class Session:
 
     def _on_open_error(self, _conn: Any, error: BaseException) -> None:
         self.connection = None
+        reason = failure_reason(error)
         if not self._started.done():
-            self._started.set_exception(ConnectionError(f"cannot connect to RabbitMQ: {error}"))
+            self._started.set_exception(
+                ConnectionError(f"cannot connect to RabbitMQ at {self.address}: {reason}")
+            )
             self.ioloop.stop()
             return
+        self.failed_attempts += 1
+        self._log_failing(reason)
         self._retry_later()
+
+    def _log_failing(self, reason: str) -> None:
+        """Say that reconnecting fails: at the first failure, then once a minute."""
+        now = time.monotonic()
+        lost_at = self._lost_at if self._lost_at is not None else now
+        if self._failure_logged_at is None:
+            logger.warning(
+                "Cannot reconnect to RabbitMQ at %s (%s); trying again every %g s",
+                self.address,
+                reason,
+                MAX_BACKOFF,
+            )
+        elif now - self._failure_logged_at >= FAILING_LOG_EVERY:
+            logger.warning(
+                "Still cannot reconnect to RabbitMQ at %s after %.0f s (%s)",
+                self.address,
+                now - lost_at,
+                reason,
+            )
+        else:
+            return
+        self._failure_logged_at = now
 
     def _on_close(self, _conn: Any, reason: BaseException) -> None:
         self.connection = None
@@ -428,7 +482,16 @@ class Session:
             self._started.set_exception(exc)
             self.ioloop.stop()
             return
-        logger.warning("Lost the RabbitMQ connection (%s); reconnecting", reason)
+        if self._lost_at is None:
+            logger.warning(
+                "Lost the RabbitMQ connection to %s (%s); reconnecting",
+                self.address,
+                failure_reason(reason),
+            )
+            self._lost_at = time.monotonic()
+        else:  # a new connection went before it was restored: one more failed attempt
+            self.failed_attempts += 1
+            self._log_failing(failure_reason(reason))
         self._retry_later()
 
     def _retry_later(self) -> None:
