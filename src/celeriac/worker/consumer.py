@@ -96,6 +96,9 @@ class TaskConsumer:
         self._requeues: list[Message] = []
         self._rejects: list[Message] = []
         self._defers: list[tuple[Message, float]] = []
+        #: Ids of requests given to the pool that have not started yet (their messages are
+        #: not acked until they start).
+        self._unstarted: set[str] = set()
         self._changed = asyncio.Event()
         self._stopping = False
         #: Set by a cold shutdown: the pool is being terminated on purpose.
@@ -297,13 +300,20 @@ class TaskConsumer:
             self.in_flight -= 1
             self._hold(request, wait)
             return
-        if not request.acks_late:
-            self._acks.append(request.message)
         self.requests[request.id] = request
         self.totals[request.task.name] += 1
-        future = self.pool.submit(request.job)
+        self._unstarted.add(request.id)
+        future = self.pool.submit(request.job, lambda: self._started(request))
         self.events.task_submitted(request)
         future.add_done_callback(lambda f: self._finished(request, f.result()))
+
+    def _started(self, request: Request) -> None:
+        """The pool starts the job now: without ``acks_late`` its message is acked here,
+        as Celery does (just before the task runs), so a worker killed while tasks wait in
+        its pool loses none of them: they were never acked."""
+        self._unstarted.discard(request.id)
+        if not request.acks_late:
+            self._acks.append(request.message)
 
     def revoke_held(self, task_id: str) -> bool:
         """Drop a held (ETA or rate-limited) task that was revoked; False if not held."""
@@ -329,6 +339,13 @@ class TaskConsumer:
         """
         self.events.task_finished(request, outcome, self.terminating)
         self.requests.pop(request.id, None)
+        if request.id in self._unstarted:
+            self._unstarted.discard(request.id)
+            if outcome.worker_lost and self.terminating:
+                # Never started, stopped by a cold shutdown: left unacked for redelivery.
+                logger.info("Task %s[%s] not started; left to the broker", request.name, request.id)
+                self._done()
+                return
         signum = self.revoked.pop_terminated(request.id)
         try:
             if outcome.state == states.REVOKED or (signum is not None and outcome.worker_lost):

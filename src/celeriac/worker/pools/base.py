@@ -81,6 +81,7 @@ class Pool(ABC):
         self._waiting: deque[tuple[Job, asyncio.Future[Outcome]]] = deque()
         self._running: dict[asyncio.Future[Outcome], Job] = {}
         self._started: dict[asyncio.Future[Outcome], float] = {}  # wall-clock start times
+        self._on_start: dict[asyncio.Future[Outcome], Callable[[], object]] = {}
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._warned: set[str] = set()
@@ -128,8 +129,13 @@ class Pool(ABC):
         self._idle.set()
         await self._open()
 
-    def submit(self, job: Job) -> asyncio.Future[Outcome]:
+    def submit(
+        self, job: Job, on_start: Callable[[], object] | None = None
+    ) -> asyncio.Future[Outcome]:
         """Run ``job`` as soon as a slot is free; never blocks (call on the loop thread).
+
+        ``on_start`` is called (on the loop) just before the job starts; never for a job
+        that is dropped or terminated while it waits for a slot.
 
         Raises:
             RuntimeError: The pool was not started, or is stopping.
@@ -139,6 +145,8 @@ class Pool(ABC):
         if self._closing:
             raise RuntimeError("the pool is stopping and takes no new jobs")
         future: asyncio.Future[Outcome] = self._loop.create_future()
+        if on_start is not None:
+            self._on_start[future] = on_start
         self._waiting.append((job, future))
         self._idle.clear()
         self._dispatch()
@@ -170,6 +178,7 @@ class Pool(ABC):
         """Cold stop: stop now; every unfinished future resolves with a worker_lost outcome."""
         self._closing = True
         waiting, self._waiting = self._waiting, deque()
+        self._on_start.clear()
         for job, future in waiting:
             message = f"Pool terminated before the job started. Job: {job.id}."
             self._resolve(future, worker_lost(message))
@@ -242,10 +251,13 @@ class Pool(ABC):
         """Start queued jobs while slots are free (skipping futures the caller cancelled)."""
         while self._waiting and self._idle_slots() > 0:
             job, future = self._waiting.popleft()
+            on_start = self._on_start.pop(future, None)
             if future.done():
                 continue
             self._running[future] = job
             self._started[future] = time.time()
+            if on_start is not None:
+                on_start()
             self._start_job(job, future)
         self._check_idle()
 
