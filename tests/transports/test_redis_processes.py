@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,7 +17,8 @@ import pytest
 import redis
 
 from celeriac.messaging import Connection, Message, Queue
-from celeriac.testing import in_ci, service_url
+from celeriac.testing import service_url
+from celeriac.testing.servers import PrivateRedis
 from celeriac.transports.redis import RedisTransport
 
 # The `spawn` fixture lives in tests/conftest.py.
@@ -188,58 +187,6 @@ def test_a_waiting_consumer_uses_almost_no_cpu(url: str, prefix: str) -> None:
 
 
 # -- a private server, restarted ----------------------------------------------------------
-class PrivateRedis:
-    """A redis-server of this test's own, with an append-only file in ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            reason = "redis-server is not installed"
-            if in_ci():
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
-        self.binary = binary
-        self.directory = directory
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--appendonly", "yes",
-                "--dir", str(self.directory),
-                "--save", "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # a clean shutdown, the AOF synced
-            self.process.wait(timeout=10)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
