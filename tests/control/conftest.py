@@ -12,13 +12,12 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from e2e_support import ALL_STACKS, THREADS_STACKS, Stack
+from e2e_support import ALL_STACKS, THREADS_STACKS, Stack, stack_factory
 
 PREFORK_STACKS = [stack for stack in ALL_STACKS if stack[1] == "prefork"]
 
@@ -26,16 +25,8 @@ PREFORK_STACKS = [stack for stack in ALL_STACKS if stack[1] == "prefork"]
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Build stacks in this test's directory; closed (workers reaped) afterwards."""
-    stacks: list[Stack] = []
-
-    def make(transport: str, pool: str, **settings: Any) -> Stack:
-        stack = Stack(transport, pool, tmp_path, **settings)
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.close()
+    with stack_factory(tmp_path) as make:
+        yield make
 
 
 @pytest.fixture(params=THREADS_STACKS, ids="-".join)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from e2e_support import (
@@ -16,6 +15,7 @@ from e2e_support import (
     SQLITE_STACKS,
     THREADS_STACKS,
     Stack,
+    stack_factory,
     stack_id,
 )
 
@@ -23,16 +23,8 @@ from e2e_support import (
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Build stacks in this test's directory; closed (workers reaped) afterwards."""
-    stacks: list[Stack] = []
-
-    def make(transport: str, pool: str, **settings: Any) -> Stack:
-        stack = Stack(transport, pool, tmp_path, **settings)
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.close()
+    with stack_factory(tmp_path) as make:
+        yield make
 
 
 @pytest.fixture(params=ALL_STACKS, ids=stack_id)

@@ -371,3 +371,21 @@ class Stack:
             conf = self.app.conf
             used = {"celery", "special", conf.task_default_queue, conf.task_dead_letter_queue}
             forget_amqp_queues(self.app, used | {q.name for q in conf.task_queues or ()})
+
+
+@contextmanager
+def stack_factory(workdir: Path) -> Iterator[Callable[..., Stack]]:
+    """``make(transport, pool, **settings)`` builds stacks in ``workdir``; all are closed
+    (workers reaped, server keys and queues deleted) when the block ends."""
+    stacks: list[Stack] = []
+
+    def make(transport: str, pool: str, **settings: Any) -> Stack:
+        stack = Stack(transport, pool, workdir, **settings)
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.close()

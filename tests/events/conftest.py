@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,7 @@ E2E_DIR = Path(__file__).resolve().parents[1] / "e2e"
 if str(E2E_DIR) not in sys.path:
     sys.path.insert(0, str(E2E_DIR))
 
-from e2e_support import Stack  # noqa: E402
+from e2e_support import Stack, stack_factory  # noqa: E402
 
 from celeriac import Celery  # noqa: E402
 
@@ -35,13 +34,5 @@ def memory_app() -> Iterator[Celery]:
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Build e2e stacks in this test's directory; closed (workers reaped) afterwards."""
-    stacks: list[Stack] = []
-
-    def make(transport: str, pool: str, **settings: Any) -> Stack:
-        stack = Stack(transport, pool, tmp_path, **settings)
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.close()
+    with stack_factory(tmp_path) as make:
+        yield make
