@@ -175,14 +175,25 @@ class Consumer:
         conn = self.connection
         names = [q.name for q in self.queues]
         tags = [m.delivery_tag for m in pending]
-        deliveries = await conn.arun_quick(conn.transport.fetch, names, count, tags)
+        transport = conn.transport
+        if conn.transport_cls.capabilities.async_consume:
+            deliveries = await transport.afetch(names, count, tags)
+        else:
+            deliveries = await conn.arun_quick(transport.fetch, names, count, tags)
         for message in pending:
             if not message.acknowledged:
                 message.mark_settled("ACK")
         messages = self._wrap(deliveries)
         if self.no_ack and messages:
-            await conn.arun(conn.transport.ack, self._mark_auto_acked(messages))
+            await self._aack(self._mark_auto_acked(messages))
         return messages
+
+    async def _aack(self, tags: list[int]) -> None:
+        conn = self.connection
+        if conn.transport_cls.capabilities.async_consume:
+            await conn.transport.aack(tags)
+        else:
+            await conn.arun_quick(conn.transport.ack, tags)
 
     async def asettle_many(
         self,
@@ -206,7 +217,7 @@ class Consumer:
                 continue
             tags = [m.delivery_tag for m in pending]
             if state == "ACK":
-                await conn.arun_quick(conn.transport.ack, tags)
+                await self._aack(tags)
             else:
                 await conn.arun_quick(conn.transport.reject, tags, state == "REQUEUED")
             for message in pending:

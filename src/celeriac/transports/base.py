@@ -117,6 +117,8 @@ class Capabilities:
         cross_process: Several processes can share the broker.
         persistent: Messages survive the process (and a broker restart when durable).
         blocking_io: Operations may block; the asyncio face runs them on an I/O thread.
+        async_consume: ``afetch`` and ``aack`` do their I/O on the running event loop; the
+            asyncio face calls them instead of ``fetch`` and ``ack`` on the I/O thread.
     """
 
     native_exchanges: bool = False
@@ -128,6 +130,7 @@ class Capabilities:
     cross_process: bool = False
     persistent: bool = False
     blocking_io: bool = False
+    async_consume: bool = False
 
 
 class Transport(ABC):
@@ -197,6 +200,20 @@ class Transport(ABC):
     @abstractmethod
     def ack(self, delivery_tags: Sequence[int]) -> None:
         """Settle deliveries as done: the messages leave the broker."""
+
+    async def afetch(
+        self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()
+    ) -> list[Delivery]:
+        """``fetch`` from asyncio code, for transports with ``capabilities.async_consume``.
+
+        Runs on the caller's event loop without blocking it. One consumer's calls (fetch,
+        ack, reject, defer, in either face) are made one at a time.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not consume from a loop")
+
+    async def aack(self, delivery_tags: Sequence[int]) -> None:
+        """``ack`` from asyncio code, for transports with ``capabilities.async_consume``."""
+        raise NotImplementedError(f"{type(self).__name__} does not consume from a loop")
 
     @abstractmethod
     def reject(self, delivery_tags: Sequence[int], requeue: bool) -> None:

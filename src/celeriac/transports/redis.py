@@ -29,14 +29,15 @@ once Redis stored it), ``socket_timeout`` (30 s).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import redis
 
@@ -44,6 +45,7 @@ from celeriac.exceptions import NotFound
 from celeriac.messaging.entities import Binding, Exchange, Queue
 from celeriac.transports import redis_layout as lua
 from celeriac.transports.base import Capabilities, Delivery, Outgoing, Transport
+from celeriac.transports.redis_aio import Endpoint, LoopLink
 from celeriac.transports.redis_link import (
     CONNECTION_ERRORS,
     Link,
@@ -85,6 +87,14 @@ _DECLARE_QUEUE, _DELETE_QUEUE = (
 _BIND, _UNBIND = Script.of(lua.BIND, idempotent=True), Script.of(lua.UNBIND, idempotent=True)
 _PURGE, _LENGTH = Script.of(lua.PURGE), Script.of(lua.LENGTH, idempotent=True)
 
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking transport call off the event loop (the rare, slow paths)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(fn, *args))
+
 
 @dataclass(frozen=True, slots=True)
 class _Held:
@@ -103,7 +113,7 @@ class RedisTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
     capabilities: ClassVar[Capabilities] = Capabilities(
-        cross_process=True, persistent=True, blocking_io=True
+        cross_process=True, persistent=True, blocking_io=True, async_consume=True
     )
     recoverable_errors: ClassVar[tuple[type[BaseException], ...]] = CONNECTION_ERRORS
 
@@ -125,6 +135,9 @@ class RedisTransport(Transport):
         self._next_reap = 0.0
         self._next_sweep = 0.0
         self._rotation = 0
+        #: The connection ``afetch``/``aack`` use, read by the loop that made it.
+        self._loop_link: LoopLink | None = None
+        self._loop_link_pid = 0
 
     def __repr__(self) -> str:
         return f"<RedisTransport {mask_password(self.url)}>"
@@ -221,11 +234,9 @@ class RedisTransport(Transport):
         thread = self._thread
         assert thread is not None
         # Subscribed before looking, so no later publish goes unnoticed.
-        thread.watch([f"{self._p}wake:{q}" for q in queues], self.settings.socket_timeout)
+        thread.watch(self._wake_channels(queues), self.settings.socket_timeout)
         self._seen = thread.generation
-        start = self._rotation % max(len(queues), 1)
-        self._rotation += 1
-        order = [*queues[start:], *queues[:start]]
+        order = self._rotated(queues)
         with self._ops:
             if self._unsure:
                 self._recover(session)
@@ -239,9 +250,33 @@ class RedisTransport(Transport):
                     break
             return out
 
+    def _wake_channels(self, queues: Sequence[str]) -> list[str]:
+        return [f"{self._p}wake:{q}" for q in queues]
+
+    def _rotated(self, queues: Sequence[str]) -> list[str]:
+        """``queues`` starting one further each call, so none is always served last."""
+        start = self._rotation % max(len(queues), 1)
+        self._rotation += 1
+        return [*queues[start:], *queues[:start]]
+
     def _fetch_once(
         self, session: str, queues: list[str], limit: int, acks: list[int]
     ) -> tuple[list[Delivery], bool]:
+        now, args, popped = self._fetch_request(session, queues, limit, acks)
+        try:
+            reply = self._link.call(_FETCH, args)
+        except CONNECTION_ERRORS:
+            self._failed(acks, popped)
+            raise
+        deliveries, dying = self._fetched(reply, now)
+        self._dead_letter_quietly(dying)
+        return deliveries, bool(dying)
+
+    def _fetch_request(
+        self, session: str, queues: list[str], limit: int, acks: list[int]
+    ) -> tuple[float, list[Any], dict[int, _Held]]:
+        """``FETCH``'s arguments, the time they were made and the deliveries they settle
+        (taken out of ``_held``: ``_failed`` puts them back). Call under ``_ops``."""
         now = time.time()
         reap, sweep = now >= self._next_reap, now >= self._next_sweep
         if reap:
@@ -263,11 +298,12 @@ class RedisTransport(Transport):
             len(queues),
             *queues,
         ]
-        try:
-            taken, swept, lost, next_due = self._link.call(_FETCH, args)
-        except CONNECTION_ERRORS:
-            self._failed(acks, popped)
-            raise
+        return now, args, popped
+
+    def _fetched(self, reply: list[Any], now: float) -> tuple[list[Delivery], list[Dying]]:
+        """The deliveries of a ``FETCH`` reply, and the messages it found dying (to
+        dead-letter). Call under ``_ops``."""
+        taken, swept, lost, next_due = reply
         self._warn_if_lost(lost)
         self._next_due = float(next_due) if next_due else None
         dying = [self._store.dying(swept, i, "expired") for i in range(0, len(swept), 3)]
@@ -276,11 +312,13 @@ class RedisTransport(Transport):
         except BaseException:
             self._unsure = True  # leased in Redis, unknown here: ``_recover`` returns them
             raise
+        return deliveries, dying
+
+    def _dead_letter_quietly(self, dying: list[Dying]) -> None:
         try:
             self._store.dead_letter(dying)
         except CONNECTION_ERRORS as exc:  # they stay leased; ``_recover`` returns them
             logger.warning("Could not dead-letter %d message(s) yet: %r", len(dying), exc)
-        return deliveries, bool(dying)
 
     def _deliveries(self, taken: list[Any], now: float, dying: list[Dying]) -> list[Delivery]:
         """Deliveries from a ``FETCH`` reply; expired or over-delivered ones go to ``dying``."""
@@ -389,6 +427,90 @@ class RedisTransport(Transport):
                 self._failed((), popped)
                 raise
 
+    # -- consuming from an event loop ----------------------------------------------------
+    # The same operations on a connection the running loop reads itself (``LoopLink``):
+    # no I/O thread between the loop and Redis. ``_ops`` is held only between awaits.
+    # What blocks (registering the session, subscribing, recovering after a failed call,
+    # dead-lettering) still happens in a thread, through the synchronous twins.
+
+    def _loop_connection(self) -> LoopLink | None:
+        """This loop's connection; None over TLS (then the calls go through a thread)."""
+        loop = asyncio.get_running_loop()
+        link, pid = self._loop_link, os.getpid()
+        if link is None or link.loop is not loop or self._loop_link_pid != pid:
+            if link is not None and self._loop_link_pid == pid:
+                link.close_from_any_thread()  # (a forked child leaves its parent's alone)
+            endpoint = Endpoint.of_pool(self._link.pool)
+            if endpoint is None:
+                return None
+            link = LoopLink(endpoint, loop)
+            self._loop_link, self._loop_link_pid = link, pid
+        return link
+
+    async def afetch(
+        self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()
+    ) -> list[Delivery]:
+        session, thread = self._session, self._thread
+        link = self._loop_connection()
+        if (
+            link is None
+            or session is None
+            or thread is None
+            or self._session_pid != os.getpid()
+            or self._unsure
+            or not thread.watching(self._wake_channels(queues))
+        ):
+            return await _in_thread(self.fetch, queues, limit, ack)
+        self._seen = thread.generation
+        order = self._rotated(queues)
+        out: list[Delivery] = []
+        acks = list(ack)
+        for _ in range(3):  # again only when dying messages took the room
+            got, died = await self._afetch_once(link, session, order, limit - len(out), acks)
+            out += got
+            acks = []
+            if not died or len(out) >= limit:
+                break
+        return out
+
+    async def _afetch_once(
+        self, link: LoopLink, session: str, queues: list[str], limit: int, acks: list[int]
+    ) -> tuple[list[Delivery], bool]:
+        with self._ops:
+            now, args, popped = self._fetch_request(session, queues, limit, acks)
+        try:
+            reply = await link.call(_FETCH, args)
+        except BaseException:
+            # Unknown outcome (a lost connection, or this task cancelled while waiting):
+            # the next fetch checks the lease first.
+            with self._ops:
+                self._failed(acks, popped)
+            raise
+        with self._ops:
+            deliveries, dying = self._fetched(reply, now)
+        if dying:
+            await _in_thread(self._dead_letter_quietly, dying)
+        return deliveries, bool(dying)
+
+    async def aack(self, delivery_tags: Sequence[int]) -> None:
+        if not delivery_tags:
+            return
+        link = self._loop_connection()
+        if link is None:
+            await _in_thread(self.ack, delivery_tags)
+            return
+        with self._ops:
+            popped = self._take_held(delivery_tags)
+            ids, members = self._settle_args(delivery_tags, popped)
+        try:
+            lost = await link.call(_ACK, [self._p, self._session or "", *ids, *members])
+        except BaseException:
+            with self._ops:
+                self._failed(delivery_tags, popped)
+            raise
+        with self._ops:
+            self._warn_if_lost(lost)
+
     # -- waiting --------------------------------------------------------------------------
     def _wait_time(self, timeout: float) -> float:
         due = self._next_due
@@ -437,3 +559,6 @@ class RedisTransport(Transport):
                     )
             self._held.clear()
             self._link.close()
+            link, self._loop_link = self._loop_link, None
+            if link is not None and self._loop_link_pid == os.getpid():
+                link.close_from_any_thread()

@@ -216,6 +216,11 @@ class Link:
         #: Sent on a connection that was lost before the reply came: to send again.
         self._unconfirmed: list[_Outstanding] = []
 
+    @property
+    def pool(self) -> redis.ConnectionPool:
+        """Where this link's connection comes from (the server's address and options)."""
+        return self._pool
+
     def _connection(self) -> Any:
         if self._pid != os.getpid():
             # A forked child must not share its parent's socket or its pending replies.

@@ -96,6 +96,13 @@ class SessionThread:
             self._wanted.update(wanted)
         self._await_confirmed(wanted, timeout)
 
+    def watching(self, channels: Iterable[str]) -> bool:
+        """True when Redis confirmed a subscription to every channel (``watch`` would not
+        wait)."""
+        wanted = [c.encode() for c in channels]
+        with self._cond:
+            return self._confirmed.issuperset(wanted)
+
     def _await_confirmed(self, channels: list[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
