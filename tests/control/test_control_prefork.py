@@ -32,7 +32,8 @@ def test_revoke_with_terminate_stops_the_running_task_and_records_revoked(
     assert result.state == states.REVOKED
     # The pool replaced the child, and the worker goes on.
     assert stack.tasks.add.delay(1, 2).get(timeout=TIMEOUT) == 3
-    assert inspect.active() == {NODE: []}
+    # The child stores the result before it tells the worker it is done: soon, not at once.
+    wait_until(lambda: inspect.active() == {NODE: []}, what="no task to be active")
     assert stack.records("stuck") == [child_pid]  # it ran once and never again
 
 
