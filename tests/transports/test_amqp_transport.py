@@ -1,6 +1,6 @@
 """The RabbitMQ transport beyond the shared contract: confirms, exact queue arguments,
 priorities pushed with a window, Celery's float headers, deferral through delay buckets,
-a crashed consumer's messages, and recovery from a channel error.
+a crashed consumer's messages, recovery from a channel error, and window changes.
 
 The broker restart tests are in ``test_amqp_restart.py`` (run rarely: the server is shared).
 """
@@ -344,3 +344,32 @@ def test_a_forked_child_publishes_on_a_session_of_its_own(
         _pid, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert sorted(bodies(take(conn, queue, 2))) == ["child", "parent"]
+
+
+def test_a_new_window_keeps_what_the_old_consumer_delivered_and_loses_nothing(
+    url: str, names: Callable[[str], str]
+) -> None:
+    queue = Queue(names("window"))
+    with Connection(url) as conn:
+        put(conn, queue, *range(12))
+        consumer = conn.Consumer(queue, prefetch_count=2).consume()
+        held: list[Message] = []
+        deadline = time.monotonic() + 5
+        while len(held) < 2 and time.monotonic() < deadline:
+            held += consumer.fetch()
+        assert len(held) == 2
+        for window in (5, 3, 8):  # each change starts a new consumer on the channel
+            consumer.qos(window)
+        got: list[Message] = []
+        while len(held) + len(got) < 12 and time.monotonic() < deadline:
+            batch = consumer.fetch()
+            for message in batch:
+                message.ack()
+            got += batch
+        for message in held:
+            message.ack()  # deliveries of the first consumer settle after it was cancelled
+        consumer.cancel()
+        # In order and none redelivered: nothing bounced back to the queue on the way.
+        assert bodies(held + got) == list(range(12))
+        assert [m.decode() for m in held + got if m.redelivered] == []
+        assert lengths_eventually(conn, queue, 0)

@@ -127,7 +127,7 @@ class Consumers:
     def restore(self) -> None:
         """Consume again on a new main channel."""
         main = self.session.main
-        main.run(lambda ch: ch.add_callback(self._on_get_empty, [pika.spec.Basic.GetEmpty], False))
+        main.run(self._hook)
         with self._lock:
             windows = dict(self._windows)
         for queue, window in windows.items():
@@ -139,6 +139,26 @@ class Consumers:
         self._watchers.clear()
         self._tags.clear()
         self._get_job = None
+
+    def _hook(self, ch: Channel) -> None:
+        """Take a new main channel's ``basic.get-empty`` answers and deliveries.
+
+        pika rejects (requeue) what a consumer receives after its ``basic.cancel`` went out
+        and before the broker's ``cancel-ok``. Those deliveries are valid and ours: rejected,
+        they would come back marked redelivered and out of order, and every window change
+        or end of a wait would bounce a few. So deliveries to a consumer of ours go to
+        ``_on_message`` until its ``cancel-ok``; pika handles any other.
+        """
+        ch.add_callback(self._on_get_empty, [pika.spec.Basic.GetEmpty], False)
+        pika_deliver = ch._on_deliver  # type: ignore[attr-defined]
+
+        def on_deliver(method_frame: Any, header_frame: Any, body: bytes) -> None:
+            if method_frame.method.consumer_tag in self._tags:
+                self._on_message(ch, method_frame.method, header_frame.properties, body)
+            else:
+                pika_deliver(method_frame, header_frame, body)
+
+        ch._on_deliver = on_deliver  # type: ignore[attr-defined]
 
     def _consume(self, queue: str, prefetch: int, push: bool, ch: Channel) -> None:
         ch.basic_qos(prefetch_count=prefetch)  # RabbitMQ: for the consumers started next
@@ -173,8 +193,10 @@ class Consumers:
             self.settle([d.delivery_tag for d in returned], True)
 
     def _cancel(self, tag: str) -> None:
-        def forget(_frame: Any) -> None:
-            self._tags.pop(tag, None)
+        def forget(frame: Any) -> None:
+            # pika calls the first waiting callback on any cancel-ok of the channel, so
+            # forget the consumer the frame names, which is not always ``tag``.
+            self._tags.pop(frame.method.consumer_tag, None)
 
         self.session.main.run(lambda ch: ch.basic_cancel(tag, callback=forget))
 
