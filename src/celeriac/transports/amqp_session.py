@@ -245,6 +245,7 @@ class Session:
     Attributes:
         epoch: Increases every time the main channel is replaced; deliveries carry it.
         ready: Set while connected and restored.
+        failed_attempts: Failed connection attempts since the connection was lost.
     """
 
     def __init__(self, params: pika.ConnectionParameters, listener: Listener) -> None:
@@ -266,7 +267,6 @@ class Session:
         #: that reconnecting fails.
         self._lost_at: float | None = None
         self._failure_logged_at: float | None = None
-        #: Failed connection attempts since the connection was lost.
         self.failed_attempts = 0
         self._thread = threading.Thread(target=self._run, name="celeriac-amqp", daemon=True)
 
