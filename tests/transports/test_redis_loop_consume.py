@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -132,14 +133,24 @@ def test_a_connection_the_server_killed_is_replaced_and_nothing_is_lost(
         consumer.consume()
 
         async def fetch_one() -> Any:
-            try:
-                (message,) = await consumer.afetch()
-            except redis.ConnectionError:
-                # The fetch may be the one to find the connection dead: a recoverable
-                # error, and the next fetch goes on a new connection.
-                (message,) = await consumer.afetch()
-            await message.aack()
-            return message.decode()
+            # As a consumer does: fetch, and wait for a wake-up while there is nothing.
+            # The fetch may be the one to find the connection dead: a recoverable error,
+            # and the next fetch goes on a new connection.
+            failures = 0
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    got = await consumer.afetch()
+                except redis.ConnectionError:
+                    failures += 1
+                    assert failures == 1
+                    continue
+                if got:
+                    (message,) = got
+                    await message.aack()
+                    return message.decode()
+                await conn.transport.await_ready(0.5)
+            raise AssertionError("no message came")
 
         async def scenario() -> list[Any]:
             assert await consumer.afetch() == []  # registers the session (in a thread)
@@ -193,3 +204,39 @@ def test_messages_whose_fetch_was_interrupted_come_back_redelivered(
         assert sorted(m.decode()["n"] for m in got) == [0, 1, 2]
         assert all(m.redelivered for m in got)
         assert conn.transport.queue_length("work") == 0
+
+
+def test_an_empty_queue_is_not_asked_again_until_a_message_wakes_it(
+    url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = Queue("work")
+    fetches: list[int] = []
+    call = LoopLink.call
+
+    async def counting(self: LoopLink, script: Script, args: Any) -> Any:
+        if script.text == FETCH:
+            fetches.append(1)
+        return await call(self, script, args)
+
+    monkeypatch.setattr(LoopLink, "call", counting)
+    with Connection(url, {"global_keyprefix": prefix}) as conn:
+        conn.declare(queue)
+        consumer = conn.Consumer(queue, prefetch_count=4)
+        consumer.consume()
+
+        async def scenario() -> Any:
+            assert await consumer.afetch() == []  # registers the session (in a thread)
+            assert await consumer.afetch() == []  # found empty on the loop's connection
+            asked = len(fetches)
+            for _ in range(5):  # nothing was published: Redis is not asked again
+                assert await consumer.afetch() == []
+            assert len(fetches) == asked
+            publisher = Connection(url, {"global_keyprefix": prefix})  # another session
+            publisher.Producer().publish({"n": 1}, "work")
+            publisher.close()  # confirms the publish
+            await conn.transport.await_ready(5)  # the wake-up arrives...
+            (message,) = await consumer.afetch()  # ...and the queue is asked again
+            await message.aack()
+            return message.decode()
+
+        assert asyncio.run(scenario()) == {"n": 1}

@@ -532,6 +532,7 @@ class Celery:
         retry, policy = self._retry_args(rest)
         if (rpc := self._reply_queue_backend(message)) is not None:
             rpc.ensure_reply_queue()  # Before the task exists, so no reply finds no queue.
+        self._expect_result(message)
         signals.before_task_publish.send(
             sender=name,
             body=message.body,
@@ -565,6 +566,7 @@ class Celery:
         retry, policy = self._retry_args(rest)
         if (rpc := self._reply_queue_backend(message)) is not None:
             await rpc.aensure_reply_queue()
+        self._expect_result(message)
         lease = self.producer_pool.acquire()
         try:
             producer = lease.producer
@@ -576,6 +578,14 @@ class Celery:
         finally:
             lease.release()
         return self._child_result(message.correlation_id, name, rest)
+
+    def _expect_result(self, message: TaskMessage) -> None:
+        """Tell an open result backend that this task's result is wanted, before sending
+        it (Redis subscribes to it now). A process that never read a result has no
+        backend open and pays nothing."""
+        backend = self._backend
+        if backend is not None and not message.headers["ignore_result"]:
+            backend.on_task_call(message.correlation_id)
 
     def _add_sent_event(
         self,

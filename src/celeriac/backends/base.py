@@ -443,6 +443,10 @@ class ResultBackend(ABC):
         """Rebuild a stored exception; never imports or calls what the data names."""
         return stored_exceptions.exception_to_python(stored)
 
+    def on_task_call(self, task_id: str) -> None:  # noqa: B027 -- optional hook.
+        """Called before a task is sent by a client whose backend is open and that wants
+        its result: a backend that wakes waiters may start listening for it now."""
+
     # -- waiting ----------------------------------------------------------------------------
     def wait_for(
         self,
@@ -464,7 +468,7 @@ class ResultBackend(ABC):
             TimeoutError: (:class:`celeriac.exceptions.TimeoutError`) not ready in time.
         """
         follower = _Follower(self, task_id, on_message)
-        deadline = _Deadline(timeout, interval)
+        deadline = Deadline(timeout, interval)
         while (meta := follower.step()) is None:
             self._wait({follower.key: follower.seen}, deadline.next_nap())
         return meta
@@ -478,7 +482,7 @@ class ResultBackend(ABC):
     ) -> dict[str, Any]:
         """:meth:`wait_for` for asyncio code: waits without blocking the event loop."""
         follower = _Follower(self, task_id, on_message)
-        deadline = _Deadline(timeout, interval)
+        deadline = Deadline(timeout, interval)
         while (meta := follower.step()) is None:
             await self._await({follower.key: follower.seen}, deadline.next_nap())
         return meta
@@ -587,7 +591,7 @@ class _Follower:
         return None
 
 
-class _Deadline:
+class Deadline:
     """How long the next wait may last, and the timeout error once none is left."""
 
     def __init__(self, timeout: float | None, interval: float) -> None:

@@ -63,8 +63,17 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from celeriac import states
 from celeriac.backends import redis_chords
-from celeriac.backends.base import LAST_INDEX, ChordPart, Record, ResultBackend, Write
+from celeriac.backends.base import (
+    LAST_INDEX,
+    ChordPart,
+    Deadline,
+    OnMessage,
+    Record,
+    ResultBackend,
+    Write,
+)
 from celeriac.backends.meta import GROUP_KEY_PREFIX, TASK_KEY_PREFIX
 from celeriac.backends.redis_pubsub import Listener, ServerAddress
 from celeriac.messaging.serialization import loads, registry
@@ -263,9 +272,20 @@ class RedisBackend(ResultBackend):
         with self._listener_lock:
             if self._listener is None or self._listener_pid != os.getpid():
                 # A parent's listener thread does not exist in a forked child.
-                self._listener = Listener(self._address)
+                self._listener = Listener(self._address, final=self._is_final)
                 self._listener_pid = os.getpid()
             return self._listener
+
+    def _is_final(self, value: bytes) -> bool:
+        """True when a stored value is a final state (SUCCESS, FAILURE, REVOKED)."""
+        return self._published_meta(value) is not None
+
+    def _published_meta(self, value: bytes | None) -> dict[str, Any] | None:
+        """The meta of a value published on a task's key, if it is a final state."""
+        if value is None:
+            return None
+        meta = self._task_meta(self._record(0, value))  # (position unknown: not needed)
+        return meta if meta["status"] in states.READY_STATES else None
 
     def _record(self, position: int, value: bytes) -> Record:
         return Record(_seq(position, value), content_type_of(value, self._content_type), value)
@@ -399,6 +419,71 @@ class RedisBackend(ResultBackend):
         decoded = loads(value, content_type, None, accept=self.accept)
         task_id = str(decoded[1]) if isinstance(decoded, list | tuple) and len(decoded) > 1 else ""
         return ChordPart(task_id, index, content_type, value)
+
+    # -- waiting on one task ----------------------------------------------------------------
+    def on_task_call(self, task_id: str) -> None:
+        """Subscribe to the task's key now: by the time the client waits, the subscription
+        is usually in place and the final state arrives with its wake-up."""
+        self.listener.expect(self.task_key(task_id))
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_message: OnMessage | None = None,
+    ) -> dict[str, Any]:
+        """Wait for the task's final state: subscribed first, then one read, then the
+        published values themselves (a final one ends the wait without another read)."""
+        if on_message is not None:
+            return super().wait_for(task_id, timeout, interval, on_message)
+        key = self.task_key(task_id)
+        deadline = Deadline(timeout, interval)
+        ticket = self.listener.watch([key])
+        try:
+            while True:
+                ticket.clear()
+                meta = self._published_meta(ticket.take(key))
+                if meta is None and ticket.subscribed:
+                    # Subscribed: anything stored after this read is published to us.
+                    meta = self._ready_meta(key)
+                if meta is not None:
+                    return meta
+                ticket.wait(deadline.next_nap())
+        finally:
+            self.listener.unwatch(ticket)
+
+    async def await_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_message: OnMessage | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`wait_for` for asyncio code: waits without blocking the event loop."""
+        if on_message is not None:
+            return await super().await_for(task_id, timeout, interval, on_message)
+        key = self.task_key(task_id)
+        deadline = Deadline(timeout, interval)
+        ticket = self.listener.watch([key], asyncio.get_running_loop())
+        try:
+            while True:
+                ticket.clear()
+                meta = self._published_meta(ticket.take(key))
+                if meta is None and ticket.subscribed:
+                    meta = self._ready_meta(key)
+                if meta is not None:
+                    return meta
+                await ticket.await_fired(deadline.next_nap())
+        finally:
+            self.listener.unwatch(ticket)
+
+    def _ready_meta(self, key: str) -> dict[str, Any] | None:
+        record = self._get(key)
+        if record is None:
+            return None
+        meta = self._task_meta(record)
+        return meta if meta["status"] in states.READY_STATES else None
 
     def _wait(self, watch: Mapping[str, int], timeout: float) -> None:
         deadline = time.monotonic() + timeout

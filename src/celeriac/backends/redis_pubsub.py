@@ -16,9 +16,17 @@ When the subscriber connection is lost, the listener reconnects with a growing p
 subscribes again to every key still watched, and wakes every ticket once the subscriptions
 are confirmed, so each waiter re-reads what may have been stored while no one listened.
 
-The subscriber connection is a plain socket read with ``hiredis``, owned by the listener
-thread alone; a socket pair wakes that thread when a new key must be subscribed. (redis-py's
-``PubSub`` is not safe to write from one thread while another blocks reading it.)
+A published message carries the stored value: the ticket keeps it (``Ticket.take``), so a
+waiter woken with a final state needs no further read. A client that sends a task and will
+wait for it can ``expect`` its key first (as Celery's result consumer subscribes when a
+task is sent): the subscription is then made while the task travels and runs, and a final
+value published before anyone waits is kept for the waiter that comes.
+
+The subscriber connection is a plain socket read with ``hiredis`` by the listener thread. A
+thread that needs a new key subscribes by writing on it directly (under the listener's
+lock, as the listener thread writes), saving a wake-up of the listener thread; over TLS, a
+socket pair wakes that thread to do it. (redis-py's ``PubSub`` is not safe to write from
+one thread while another blocks reading it.)
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +51,9 @@ logger = logging.getLogger(__name__)
 PING_INTERVAL = 5.0
 #: Longest pause between two reconnection attempts.
 MAX_BACKOFF = 2.0
+#: Keys subscribed ahead of a wait (``Listener.expect``), and final values kept for waiters
+#: still to come: at most this many of each; the oldest are dropped first.
+MAX_EXPECTED = 10_000
 
 _CERT_REQS = {
     "none": ssl.CERT_NONE,
@@ -108,6 +119,8 @@ class SubscriberConnection:
         self.address = address
         self.reader = hiredis.Reader()
         self.sock = self._open()
+        #: Other threads may write on it while the listener thread reads (plain TCP only).
+        self.shared_writes = address.tls is None
         try:
             self._authenticate()
         except BaseException:
@@ -182,18 +195,26 @@ class Ticket:
     True once every key is subscribed on the live connection.
     """
 
-    __slots__ = ("_event", "keys", "loop", "subscribed")
+    __slots__ = ("_event", "keys", "loop", "published", "subscribed")
 
     def __init__(self, keys: Iterable[str], loop: asyncio.AbstractEventLoop | None) -> None:
         self.keys = tuple(keys)
         self.loop = loop
         self.subscribed = False
+        #: The latest value published on each key, not taken yet.
+        self.published: dict[str, bytes] = {}
         self._event: threading.Event | asyncio.Event = (
             threading.Event() if loop is None else asyncio.Event()
         )
 
-    def fire(self) -> None:
-        """Wake the waiter (from any thread)."""
+    def take(self, key: str) -> bytes | None:
+        """The value last published on ``key`` since the last take (None: none)."""
+        return self.published.pop(key, None)
+
+    def fire(self, key: str | None = None, value: bytes | None = None) -> None:
+        """Wake the waiter (from any thread), with the value published on ``key`` if any."""
+        if key is not None and value is not None:
+            self.published[key] = value
         if self.loop is None:
             self._event.set()
         else:
@@ -226,10 +247,18 @@ class Listener:
     The thread starts with the first ``watch`` and ends with ``close``.
     """
 
-    def __init__(self, address: ServerAddress) -> None:
+    def __init__(
+        self, address: ServerAddress, final: Callable[[bytes], bool] = lambda _value: False
+    ) -> None:
         self.address = address
+        self._final = final
         self._lock = threading.Lock()
         self._tickets: dict[str, set[Ticket]] = {}
+        #: Keys subscribed ahead of a wait, until a final value comes (``expect``).
+        self._expected: dict[str, None] = {}
+        #: Final values published on expected keys that no ticket watched yet.
+        self._outcomes: dict[str, bytes] = {}
+        self._conn: SubscriberConnection | None = None  # the live connection
         # State of the live connection, kept by the thread under the lock:
         self._sent: set[str] = set()  # keys SUBSCRIBEd (acknowledged or not)
         self._acks_due: dict[str, int] = {}  # SUBSCRIBE acknowledgements still to come
@@ -251,16 +280,57 @@ class Listener:
                 raise RuntimeError("the result backend is closed")
             for key in ticket.keys:
                 self._tickets.setdefault(key, set()).add(ticket)
+                outcome = self._outcomes.pop(key, None)
+                if outcome is not None:
+                    ticket.published[key] = outcome
             ticket.subscribed = all(key in self._confirmed for key in ticket.keys)
-            new_keys = any(key not in self._sent for key in ticket.keys)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="celeriac-redis-results", daemon=True
-                )
-                self._thread.start()
-        if new_keys:
+            wake = not self._subscribe_now(ticket.keys)
+            self._start_thread()
+        if wake:
             self._wake()
         return ticket
+
+    def expect(self, key: str) -> None:
+        """Subscribe to ``key`` now, ahead of a wait on it (a task was just sent).
+
+        The subscription lasts until a final value is published on it (kept for the
+        waiter that comes) or ``MAX_EXPECTED`` newer keys are expected.
+        """
+        with self._lock:
+            if self._closed or key in self._expected or key in self._tickets:
+                return
+            self._expected[key] = None
+            if len(self._expected) > MAX_EXPECTED:
+                del self._expected[next(iter(self._expected))]  # unsubscribed next turn
+            wake = not self._subscribe_now([key])
+            self._start_thread()
+        if wake:
+            self._wake()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="celeriac-redis-results", daemon=True
+            )
+            self._thread.start()
+
+    def _subscribe_now(self, keys: Iterable[str]) -> bool:
+        """SUBSCRIBE to the keys not subscribed yet, from this thread; False when the
+        listener thread must do it (no live connection, or TLS). Call under the lock."""
+        new = [key for key in keys if key not in self._sent]
+        if not new:
+            return True
+        conn = self._conn
+        if conn is None or not conn.shared_writes:
+            return False
+        for key in new:
+            self._acks_due[key] = self._acks_due.get(key, 0) + 1
+        self._sent.update(new)
+        try:
+            conn.send("SUBSCRIBE", *new)
+        except OSError:
+            return False  # the listener thread finds the connection broken and starts over
+        return True
 
     def unwatch(self, ticket: Ticket) -> None:
         """Forget a ticket; keys no one watches are unsubscribed at the thread's next turn."""
@@ -315,6 +385,8 @@ class Listener:
                 self._sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
             finally:
+                with self._lock:
+                    self._conn = None
                 conn.close()
                 with self._lock:
                     self._sent.clear()
@@ -335,12 +407,14 @@ class Listener:
                 pass
 
     def _serve(self, conn: SubscriberConnection) -> None:
+        with self._lock:
+            self._conn = conn
         last_traffic = time.monotonic()
         ping_sent = False
         while not self._closed:
-            self._reconcile(conn)
             for reply in conn.replies():
                 self._handle(reply)
+            self._reconcile(conn)  # (after handling: a final value ends an expectation)
             conn_fd, wake_fd = conn.fileno(), self._wake_r.fileno()
             readable, _, _ = select.select([conn_fd, wake_fd], [], [], PING_INTERVAL)
             if wake_fd in readable:
@@ -351,39 +425,53 @@ class Listener:
             elif time.monotonic() - last_traffic >= PING_INTERVAL:
                 if ping_sent:
                     raise ConnectionError("Redis did not answer a PING")
-                conn.send("PING")
+                with self._lock:
+                    conn.send("PING")
                 ping_sent = True
                 last_traffic = time.monotonic()
 
     def _reconcile(self, conn: SubscriberConnection) -> None:
         """Subscribe to newly watched keys and unsubscribe from keys no one watches."""
         with self._lock:
-            wanted = set(self._tickets)
+            wanted = set(self._tickets).union(self._expected)
             subscribe = wanted - self._sent
             unsubscribe = self._sent - wanted
             for key in subscribe:
                 self._acks_due[key] = self._acks_due.get(key, 0) + 1
             self._sent = wanted
             self._confirmed -= unsubscribe
-        if subscribe:
-            conn.send("SUBSCRIBE", *subscribe)
-        if unsubscribe:
-            conn.send("UNSUBSCRIBE", *unsubscribe)
+            # Written under the lock: other threads subscribe on this socket too.
+            if subscribe:
+                conn.send("SUBSCRIBE", *subscribe)
+            if unsubscribe:
+                conn.send("UNSUBSCRIBE", *unsubscribe)
 
     def _handle(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
             return
         kind, channel = reply[0], reply[1]
-        if kind == b"message":
-            self._fire(channel.decode())
+        if kind == b"message" and len(reply) > 2:
+            self._fire(channel.decode(), reply[2])
         elif kind == b"subscribe":
             self._confirm(channel.decode())
 
-    def _fire(self, key: str) -> None:
+    def _fire(self, key: str, value: bytes) -> None:
         with self._lock:
             tickets = list(self._tickets.get(key, ()))
+            if key in self._expected and self._is_final(value):
+                del self._expected[key]  # unsubscribed at the next turn, unless watched
+                if not tickets:
+                    self._outcomes[key] = value
+                    if len(self._outcomes) > MAX_EXPECTED:
+                        del self._outcomes[next(iter(self._outcomes))]
         for ticket in tickets:
-            ticket.fire()
+            ticket.fire(key, value)
+
+    def _is_final(self, value: bytes) -> bool:
+        try:
+            return self._final(value)
+        except Exception:  # a value the backend cannot read: not one to keep
+            return False
 
     def _confirm(self, key: str) -> None:
         with self._lock:

@@ -45,7 +45,7 @@ from celeriac.exceptions import NotFound
 from celeriac.messaging.entities import Binding, Exchange, Queue
 from celeriac.transports import redis_layout as lua
 from celeriac.transports.base import Capabilities, Delivery, Outgoing, Transport
-from celeriac.transports.redis_aio import Endpoint, LoopLink
+from celeriac.transports.redis_aio import Endpoint, LoopLink, LoopSubscriber
 from celeriac.transports.redis_link import (
     CONNECTION_ERRORS,
     Link,
@@ -135,9 +135,14 @@ class RedisTransport(Transport):
         self._next_reap = 0.0
         self._next_sweep = 0.0
         self._rotation = 0
-        #: The connection ``afetch``/``aack`` use, read by the loop that made it.
+        #: The connections ``afetch``/``aack``/``await_ready`` use, read by the loop that
+        #: made them: scripts, and the wake-up channels.
         self._loop_link: LoopLink | None = None
+        self._loop_sub: LoopSubscriber | None = None
         self._loop_link_pid = 0
+        self._loop_seen = 0
+        #: The queues a loop fetch last found empty, and the wake-up generation then.
+        self._empty: tuple[frozenset[str], int] | None = None
 
     def __repr__(self) -> str:
         return f"<RedisTransport {mask_password(self.url)}>"
@@ -367,6 +372,7 @@ class RedisTransport(Transport):
         """Return messages leased here that this process never heard of (lost replies)."""
         returned = self._link.call(_RECOVER, [self._p, session, *self._held])
         self._unsure = False
+        self._empty = None  # (what went back may be ready again)
         if returned:
             logger.warning(
                 "%d message(s) fetched when the Redis connection broke went back to their "
@@ -438,40 +444,88 @@ class RedisTransport(Transport):
         loop = asyncio.get_running_loop()
         link, pid = self._loop_link, os.getpid()
         if link is None or link.loop is not loop or self._loop_link_pid != pid:
-            if link is not None and self._loop_link_pid == pid:
-                link.close_from_any_thread()  # (a forked child leaves its parent's alone)
+            self._drop_loop_connections()
             endpoint = Endpoint.of_pool(self._link.pool)
             if endpoint is None:
                 return None
             link = LoopLink(endpoint, loop)
             self._loop_link, self._loop_link_pid = link, pid
+            self._loop_sub = LoopSubscriber(endpoint, loop)
         return link
+
+    def _drop_loop_connections(self) -> None:
+        link, sub = self._loop_link, self._loop_sub
+        self._loop_link = self._loop_sub = None
+        if self._loop_link_pid == os.getpid():  # (a forked child leaves its parent's alone)
+            if link is not None:
+                link.close_from_any_thread()
+            if sub is not None:
+                sub.close_from_any_thread()
+
+    def _loop_subscriber(self) -> LoopSubscriber | None:
+        """The wake-up subscriber of the running loop, if ``afetch`` made one."""
+        sub = self._loop_sub
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if sub is None or sub.loop is not loop or self._loop_link_pid != os.getpid():
+            return None
+        return sub
 
     async def afetch(
         self, queues: Sequence[str], limit: int, ack: Sequence[int] = ()
     ) -> list[Delivery]:
-        session, thread = self._session, self._thread
         link = self._loop_connection()
-        if (
-            link is None
-            or session is None
-            or thread is None
-            or self._session_pid != os.getpid()
-            or self._unsure
-            or not thread.watching(self._wake_channels(queues))
-        ):
+        sub = self._loop_sub
+        if link is None or sub is None:  # TLS: the blocking twin, in a thread
             return await _in_thread(self.fetch, queues, limit, ack)
-        self._seen = thread.generation
+        session = self._session
+        if session is None or self._thread is None or self._session_pid != os.getpid():
+            session = await _in_thread(self._ensure_session)
+        if self._unsure:
+            await _in_thread(self._recover_if_unsure, session)
+        # Subscribed before looking, so no later publish goes unnoticed.
+        wake = self._wake_channels(queues)
+        if not sub.watching(wake):
+            await sub.subscribe(wake)
+        if self._empty is not None:
+            sub.poll()  # wake-ups already received count (the loop may not have run yet)
+        self._loop_seen = generation = sub.generation
+        if self._still_empty(queues, generation):
+            if ack:
+                await self.aack(ack)
+            return []
         order = self._rotated(queues)
         out: list[Delivery] = []
         acks = list(ack)
         for _ in range(3):  # again only when dying messages took the room
-            got, died = await self._afetch_once(link, session, order, limit - len(out), acks)
+            wanted = limit - len(out)
+            got, died = await self._afetch_once(link, session, order, wanted, acks)
             out += got
             acks = []
             if not died or len(out) >= limit:
                 break
+        short = not died and len(got) < wanted
+        self._empty = (frozenset(queues), generation) if short else None
         return out
+
+    def _still_empty(self, queues: Sequence[str], generation: int) -> bool:
+        """True when a fetch found ``queues`` empty and nothing woke them since: no
+        message was published to them, none is due, and no sweep or reap is due (so
+        this fetch may be skipped: an idle worker then costs Redis nothing)."""
+        empty = self._empty
+        if empty is None or empty[1] != generation or empty[0] != frozenset(queues):
+            return False
+        now = time.time()
+        if now >= self._next_reap or now >= self._next_sweep:
+            return False
+        return self._next_due is None or self._next_due > now
+
+    def _recover_if_unsure(self, session: str) -> None:
+        with self._ops:
+            if self._unsure:
+                self._recover(session)
 
     async def _afetch_once(
         self, link: LoopLink, session: str, queues: list[str], limit: int, acks: list[int]
@@ -528,6 +582,12 @@ class RedisTransport(Transport):
         self._seen = thread.generation
 
     async def await_ready(self, timeout: float) -> None:
+        sub = self._loop_subscriber()
+        if sub is not None and sub.watching(()):
+            # The loop's own subscription (``afetch`` subscribed before looking).
+            await sub.wait_change(self._loop_seen, self._wait_time(timeout))
+            self._loop_seen = sub.generation
+            return
         thread = self._thread
         if thread is None:
             await asyncio.sleep(self._wait_time(timeout))
@@ -538,6 +598,9 @@ class RedisTransport(Transport):
     def wake(self) -> None:
         if self._thread is not None:
             self._thread.bump()
+        sub = self._loop_sub
+        if sub is not None:
+            sub.bump_from_any_thread()
 
     def close(self) -> None:
         with self._ops:
@@ -559,6 +622,4 @@ class RedisTransport(Transport):
                     )
             self._held.clear()
             self._link.close()
-            link, self._loop_link = self._loop_link, None
-            if link is not None and self._loop_link_pid == os.getpid():
-                link.close_from_any_thread()
+            self._drop_loop_connections()

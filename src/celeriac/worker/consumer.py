@@ -99,7 +99,9 @@ class TaskConsumer:
         #: Ids of requests given to the pool that have not started yet (their messages are
         #: not acked until they start).
         self._unstarted: set[str] = set()
-        self._changed = asyncio.Event()
+        #: Set when a slot frees or a stop is asked for; the idle step waits on it.
+        self._changed = False
+        self._wakeup: asyncio.Future[None] | None = None
         self._stopping = False
         #: Set by a cold shutdown: the pool is being terminated on purpose.
         self.terminating = False
@@ -177,24 +179,47 @@ class TaskConsumer:
         await self.flush(acks=refill)
         if messages:
             return
-        self._changed.clear()
         if self._stopping:  # a stop that came while fetching must not wait a period
             return
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
+        await self._idle(refill)
+
+    async def _idle(self, refill: bool) -> None:
+        """Wait until a slot frees (``_changed``), the broker may have messages (when
+        there is room for them), or ``IDLE_WAIT`` passed.
+
+        One future that each of these resolves, rather than a task per source and
+        ``asyncio.wait``: a worker waiting for the next message wakes in fewer loop turns.
+        """
+        if self._changed:
+            self._changed = False
+            return
+        loop = asyncio.get_running_loop()
+        wakeup: asyncio.Future[None] = loop.create_future()
+        self._wakeup = wakeup
+        ready: asyncio.Future[None] | None = None
         if refill:
-            transport = self.connection.transport
-            waiters.append(asyncio.ensure_future(transport.await_ready(IDLE_WAIT)))
-        _done, pending = await asyncio.wait(
-            waiters, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED
-        )
-        for waiter in pending:
-            waiter.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+            ready = asyncio.ensure_future(self.connection.transport.await_ready(IDLE_WAIT))
+            ready.add_done_callback(lambda _ready: _resolve(wakeup))
+        timer = loop.call_later(IDLE_WAIT, _resolve, wakeup)
+        try:
+            await wakeup
+        finally:
+            timer.cancel()
+            self._wakeup = None
+            self._changed = False
+            if ready is not None and not ready.done():
+                ready.cancel()
+
+    def _poke(self) -> None:
+        """Something changed (a slot freed, a stop): an idle step looks again."""
+        self._changed = True
+        if self._wakeup is not None:
+            _resolve(self._wakeup)
 
     def stop(self) -> None:
         """Stop fetching (running tasks go on)."""
         self._stopping = True
-        self._changed.set()
+        self._poke()
 
     async def flush(self, acks: bool = True) -> None:
         """Send the pending batched settlements (acks too unless ``acks`` is False)."""
@@ -282,7 +307,7 @@ class TaskConsumer:
             self.held.pop(request.id, None)
             self.in_flight += 1
             self._admit(request)
-            self._changed.set()
+            self._poke()
 
         timer = asyncio.get_running_loop().call_later(delay, due)
         self.held[request.id] = (request, timer)
@@ -363,7 +388,7 @@ class TaskConsumer:
     def _done(self) -> None:
         self.in_flight -= 1
         self.processed += 1
-        self._changed.set()
+        self._poke()
 
     def _must_record(self, request: Request, outcome: Outcome) -> bool:
         if outcome.state != states.FAILURE or outcome.recorded:
@@ -505,6 +530,11 @@ class TaskConsumer:
             logger.warning(
                 "Task %s[%s] rejected (requeue=%s)", request.name, request.id, outcome.requeue
             )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _describe(outcome: Outcome) -> str:
