@@ -120,6 +120,8 @@ class Task(Generic[P, R]):
     _app: Celery | None = None
     _fun: Callable[..., Any] | None = None
     _bind: bool = False
+    #: ``(function, is it async)``: asked once per task run, answered once per function.
+    _coroutine: tuple[Callable[..., Any], bool] | None = None
 
     def bind_function(
         self, app: Celery, fun: Callable[..., Any] | None, name: str, bind: bool, **opts: Any
@@ -162,7 +164,13 @@ class Task(Generic[P, R]):
     @property
     def is_coroutine(self) -> bool:
         """True for ``async def`` tasks."""
-        return inspect.iscoroutinefunction(self._fun or self.run)
+        fun = self._fun
+        if fun is None:  # a class-based task: its ``run``
+            return inspect.iscoroutinefunction(self.run)
+        known = self._coroutine
+        if known is None or known[0] is not fun:
+            known = self._coroutine = (fun, inspect.iscoroutinefunction(fun))
+        return known[1]
 
     def __repr__(self) -> str:
         return f"<@task: {self.name} of {self.app.main}>"

@@ -18,9 +18,10 @@ messages that start it, which go to the broker in one publish.
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from celeriac.utils.ids import uuid4_text
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
@@ -267,7 +268,7 @@ class Signature(dict[str, Any], Generic[R]):
         from celeriac.result import AsyncResult
 
         options = self["options"]
-        task_id = options.get("task_id") or _id or str(uuid.uuid4())
+        task_id = options.get("task_id") or _id or uuid4_text()
         options["task_id"] = task_id
         if root_id:
             options["root_id"] = root_id

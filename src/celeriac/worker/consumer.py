@@ -388,7 +388,18 @@ class TaskConsumer:
     def _done(self) -> None:
         self.in_flight -= 1
         self.processed += 1
-        self._poke()
+        if self._step_would_act():
+            self._poke()
+
+    def _step_would_act(self) -> bool:
+        """Whether a freed slot is worth waking the idle step for: a refill is due (half
+        the window free, or nothing in flight), or settlements that do not ride on a
+        fetch (requeues, rejects, deferrals) wait. Waking it for every finished task
+        would cost a loop turn per task for nothing."""
+        room = self.prefetch - self.in_flight
+        if room * 2 >= self.prefetch or self.in_flight == 0:
+            return True
+        return bool(self._requeues or self._rejects or self._defers)
 
     def _must_record(self, request: Request, outcome: Outcome) -> bool:
         if outcome.state != states.FAILURE or outcome.recorded:

@@ -360,6 +360,8 @@ def run_with_soft_limit(runner: Runner, job: Job) -> Outcome:
     The alarm may fire after the runner returned but before the timer is disarmed; the
     job did pass its soft limit then, so it is reported as a SoftTimeLimitExceeded failure.
     """
+    if not job.soft_time_limit:
+        return run_safely(runner, job)  # (the usual case: no timer to arm)
     try:
         with soft_time_limit(job.soft_time_limit):
             return run_safely(runner, job)
