@@ -4,7 +4,9 @@ One asyncio loop owns the broker connection. It keeps at most ``prefetch`` reque
 flight (received and not finished; held ETA tasks are counted apart, up to
 ``worker_eta_hold_limit``), fetches in batches, and acknowledges in batches:
 
-- by default a message is acked when its task is handed to the pool (Celery's early ack);
+- by default a message is acked when its task starts (Celery's early ack), in batches:
+  after the fetch that brought it, with the next fetch, or on their own once the loop
+  has waited ``ACK_DELAY`` with its window full (long tasks do not keep theirs pending);
 - with ``acks_late`` it is acked when the task finished; a task whose process died is
   requeued (``reject_on_worker_lost``) or recorded as failed with ``WorkerLostError``;
 - ``Reject`` requeues or dead-letters; an expired task is marked REVOKED and not run;
@@ -45,6 +47,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: Longest idle wait before looking at the broker again.
 IDLE_WAIT = 1.0
+#: Longest wait of pending acks for a fetch to ride on, once the loop is idle.
+ACK_DELAY = 0.01
 #: The consumer window changes in steps of at least this many messages.
 MIN_WINDOW_STEP = 16
 #: First and longest pause before fetching again after the broker connection failed.
@@ -181,18 +185,23 @@ class TaskConsumer:
             return
         if self._stopping:  # a stop that came while fetching must not wait a period
             return
+        if self._acks and not refill:
+            # The window is full: no fetch may come soon for the acks to ride on.
+            if await self._idle(refill, ACK_DELAY):
+                return
+            await self.flush()
         await self._idle(refill)
 
-    async def _idle(self, refill: bool) -> None:
+    async def _idle(self, refill: bool, timeout: float = IDLE_WAIT) -> bool:
         """Wait until a slot frees (``_changed``), the broker may have messages (when
-        there is room for them), or ``IDLE_WAIT`` passed.
+        there is room for them), or ``timeout`` passed; False when it passed.
 
         One future that each of these resolves, rather than a task per source and
         ``asyncio.wait``: a worker waiting for the next message wakes in fewer loop turns.
         """
         if self._changed:
             self._changed = False
-            return
+            return True
         loop = asyncio.get_running_loop()
         wakeup: asyncio.Future[None] = loop.create_future()
         self._wakeup = wakeup
@@ -200,9 +209,11 @@ class TaskConsumer:
         if refill:
             ready = asyncio.ensure_future(self.connection.transport.await_ready(IDLE_WAIT))
             ready.add_done_callback(lambda _ready: _resolve(wakeup))
-        timer = loop.call_later(IDLE_WAIT, _resolve, wakeup)
+        timed_out: list[bool] = []
+        timer = loop.call_later(timeout, _time_out, wakeup, timed_out)
         try:
             await wakeup
+            return not timed_out
         finally:
             timer.cancel()
             self._wakeup = None
@@ -339,6 +350,8 @@ class TaskConsumer:
         self._unstarted.discard(request.id)
         if not request.acks_late:
             self._acks.append(request.message)
+            if len(self._acks) == 1 and self._wakeup is not None:
+                self._poke()  # an idle step sees the ack pending (``ACK_DELAY``)
 
     def revoke_held(self, task_id: str) -> bool:
         """Drop a held (ETA or rate-limited) task that was revoked; False if not held."""
@@ -545,6 +558,12 @@ class TaskConsumer:
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
+        future.set_result(None)
+
+
+def _time_out(future: asyncio.Future[None], timed_out: list[bool]) -> None:
+    if not future.done():
+        timed_out.append(True)
         future.set_result(None)
 
 
