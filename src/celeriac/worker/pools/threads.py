@@ -1,7 +1,9 @@
 """The threads pool: jobs run in a ``ThreadPoolExecutor`` of ``concurrency`` threads.
 
 Suits I/O-bound sync tasks and C code that releases the GIL. The loop never waits on a
-thread: each job's completion is handed back with ``call_soon_threadsafe``.
+thread: completions are handed back with ``call_soon_threadsafe``, one call for all the
+jobs that finished before the loop took them (each call wakes the loop: short tasks
+finishing together cost one wake-up, not one each).
 
 Time limits:
     Neither is enforceable: Python cannot interrupt or stop another thread (Celery's
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.pools.base import Pool, failure, run_safely
@@ -26,6 +29,10 @@ class ThreadPool(Pool):
     def _setup(self) -> None:
         super()._setup()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Finished jobs not taken by the loop yet, and whether it was told of them.
+        self._finished: list[tuple[asyncio.Future[Outcome], Outcome]] = []
+        self._told = False
+        self._finished_lock = threading.Lock()
 
     async def _open(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -62,13 +69,22 @@ class ThreadPool(Pool):
         exc = thread_done.exception()
         outcome = thread_done.result() if exc is None else failure(exc)
         assert self._loop is not None
+        with self._finished_lock:
+            self._finished.append((future, outcome))
+            if self._told:
+                return  # the loop will take this one with the others
+            self._told = True
         # The loop may have closed after a cold stop (RuntimeError); nobody is waiting then.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._settle, future, outcome)
+            self._loop.call_soon_threadsafe(self._settle_finished)
 
-    def _settle(self, future: asyncio.Future[Outcome], outcome: Outcome) -> None:
-        if future in self._running:  # else a cold stop already resolved it
-            self._finish(future, outcome)
+    def _settle_finished(self) -> None:
+        with self._finished_lock:
+            finished, self._finished = self._finished, []
+            self._told = False
+        for future, outcome in finished:
+            if future in self._running:  # else a cold stop already resolved it
+                self._finish(future, outcome)
 
     async def _close(self) -> None:
         # Every job has finished, so the threads are idle and join at once.
