@@ -532,7 +532,6 @@ class Celery:
         retry, policy = self._retry_args(rest)
         if (rpc := self._reply_queue_backend(message)) is not None:
             rpc.ensure_reply_queue()  # Before the task exists, so no reply finds no queue.
-        self._expect_result(message)
         signals.before_task_publish.send(
             sender=name,
             body=message.body,
@@ -549,6 +548,7 @@ class Celery:
             if self.conf.task_send_sent_event:
                 self._add_sent_event(producer, message, queue, exchange, key, batch, declare)
             producer.send(batch, declare=declare, retry=retry, retry_policy=policy)
+        self._expect_result(message)
         signals.after_task_publish.send(
             sender=name, body=message.body, exchange=exchange, routing_key=key
         )
@@ -566,7 +566,6 @@ class Celery:
         retry, policy = self._retry_args(rest)
         if (rpc := self._reply_queue_backend(message)) is not None:
             await rpc.aensure_reply_queue()
-        self._expect_result(message)
         lease = self.producer_pool.acquire()
         try:
             producer = lease.producer
@@ -577,12 +576,14 @@ class Celery:
             await producer.asend(batch, declare=declare, retry=retry, retry_policy=policy)
         finally:
             lease.release()
+        self._expect_result(message)
         return self._child_result(message.correlation_id, name, rest)
 
     def _expect_result(self, message: TaskMessage) -> None:
-        """Tell an open result backend that this task's result is wanted, before sending
-        it (Redis subscribes to it now). A process that never read a result has no
-        backend open and pays nothing."""
+        """Tell an open result backend that a task just sent will be waited for (Redis
+        subscribes to its key now, while the task travels; a waiter still reads once the
+        subscription is confirmed, so a result stored before then is not missed). A
+        process that never read a result has no backend open and pays nothing."""
         backend = self._backend
         if backend is not None and not message.headers["ignore_result"]:
             backend.on_task_call(message.correlation_id)

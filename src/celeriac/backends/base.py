@@ -444,7 +444,7 @@ class ResultBackend(ABC):
         return stored_exceptions.exception_to_python(stored)
 
     def on_task_call(self, task_id: str) -> None:  # noqa: B027 -- optional hook.
-        """Called before a task is sent by a client whose backend is open and that wants
+        """Called when a task was sent by a client whose backend is open and that wants
         its result: a backend that wakes waiters may start listening for it now."""
 
     # -- waiting ----------------------------------------------------------------------------

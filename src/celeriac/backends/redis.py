@@ -422,8 +422,9 @@ class RedisBackend(ResultBackend):
 
     # -- waiting on one task ----------------------------------------------------------------
     def on_task_call(self, task_id: str) -> None:
-        """Subscribe to the task's key now: by the time the client waits, the subscription
-        is usually in place and the final state arrives with its wake-up."""
+        """Subscribe to the task's key now (it was just sent): by the time the client
+        waits, the subscription is usually in place and the final state arrives with its
+        wake-up."""
         self.listener.expect(self.task_key(task_id))
 
     def wait_for(
