@@ -220,6 +220,11 @@ class TaskConsumer:
             self._changed = False
             if ready is not None and not ready.done():
                 ready.cancel()
+                # Let the cancelled wait clean up now: a transport that watches a file
+                # descriptor (SQLite's wake socket) must remove its reader before the next
+                # wait adds one, or the late removal takes the new reader away (a missed
+                # wake-up: a 1 s stall).
+                await asyncio.gather(ready, return_exceptions=True)
 
     def _poke(self) -> None:
         """Something changed (a slot freed, a stop): an idle step looks again."""
