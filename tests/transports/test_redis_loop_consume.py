@@ -240,3 +240,44 @@ def test_an_empty_queue_is_not_asked_again_until_a_message_wakes_it(
             return message.decode()
 
         assert asyncio.run(scenario()) == {"n": 1}
+
+
+def test_a_lost_wake_up_subscription_is_made_again_and_still_wakes_the_consumer(
+    url: str, prefix: str
+) -> None:
+    queue = Queue("work")
+    with Connection(url, {"global_keyprefix": prefix}) as conn:
+        conn.declare(queue)
+        consumer = conn.Consumer(queue, prefetch_count=4)
+        consumer.consume()
+
+        async def wait_for_one(within: float) -> tuple[Any, float]:
+            started = time.monotonic()
+            while time.monotonic() - started < within:
+                got = await consumer.afetch()
+                if got:
+                    (message,) = got
+                    await message.aack()
+                    return message.decode(), time.monotonic() - started
+                await conn.transport.await_ready(within)
+            raise AssertionError("no message came")
+
+        async def scenario() -> tuple[Any, float]:
+            assert await consumer.afetch() == []  # registers the session (in a thread)
+            assert await consumer.afetch() == []  # subscribed on the loop's own connection
+            sub = conn.transport._loop_sub
+            assert sub is not None and sub._socket is not None
+            host, port = sub._socket.sock.getsockname()[:2]
+            killer = redis.Redis.from_url(url)
+            killer.execute_command("CLIENT", "KILL", "ADDR", f"{host}:{port}")
+            killer.close()
+            waiting = asyncio.ensure_future(wait_for_one(5))
+            await asyncio.sleep(0.2)  # the loss is noticed; the consumer subscribes again
+            publisher = Connection(url, {"global_keyprefix": prefix})
+            publisher.Producer().publish({"n": 1}, "work")
+            publisher.close()
+            return await waiting
+
+        body, waited = asyncio.run(scenario())
+        assert body == {"n": 1}
+        assert waited < 0.2 + 0.5  # woken by the new subscription, not a periodic look
