@@ -120,24 +120,27 @@ class Router:
         self, options: dict[str, Any], name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[Queue, str, str]:
         """``(queue, exchange, routing_key)`` for a call of task ``name`` with ``options``."""
-        found = self._lookup(name, args, kwargs, options) or {}
-        merged = {**found, **{k: v for k, v in options.items() if v is not None}}
-        for key in ("priority",):
-            if key in found and options.get(key) is None:
-                options[key] = found[key]
-        queue_value = merged.get("queue")
+        found = self._lookup(name, args, kwargs, options) if self.routers else None
+
+        def pick(key: str) -> Any:  # the call's option, else the router's
+            value = options.get(key)
+            return found.get(key) if value is None and found else value
+
+        if found and "priority" in found and options.get("priority") is None:
+            options["priority"] = found["priority"]
+        queue_value = pick("queue")
         if isinstance(queue_value, Queue):
             queue = queue_value
         elif queue_value:
             queue = self.queue(str(queue_value))
         else:
             queue = self.default_queue
-        exchange = merged.get("exchange")
+        exchange = pick("exchange")
         if isinstance(exchange, Exchange):
             exchange = exchange.name
         if exchange is None:
             exchange = queue.exchange.name if queue.exchange is not None else ""
-        routing_key = merged.get("routing_key")
+        routing_key = pick("routing_key")
         if routing_key is None:
             routing_key = queue.routing_key or queue.name
         return queue, str(exchange), str(routing_key)
