@@ -110,6 +110,9 @@ class Retry(TaskPredicate):
         self.message = message
         self.exc = exc
         self.when = when
+        #: True when the next attempt is still to be sent (by the worker, after it stored
+        #: the RETRY state); ``Task.retry`` sets it.
+        self.unsent = False
         self.is_eager = is_eager
         self.sig = sig
         super().__init__(message or self._describe())

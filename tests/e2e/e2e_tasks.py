@@ -109,6 +109,13 @@ def define_tasks(app: Celery, workdir: Path) -> SimpleNamespace:  # noqa: C901, 
         record(workdir, "flaky", self.request.retries)
         raise self.retry(exc=ValueError("flaky", 1), countdown=0.1, max_retries=2)
 
+    @task(bind=True, name="e2e.retry_sees_state")
+    def retry_sees_state(self: Any) -> str:
+        """Retries once at once; the second run returns the state stored for the first."""
+        if self.request.retries == 0:
+            raise self.retry(countdown=0, max_retries=1)
+        return str(self.backend.get_task_meta(self.request.id)["status"])
+
     @task(
         bind=True,
         name="e2e.auto",
@@ -249,6 +256,7 @@ def define_tasks(app: Celery, workdir: Path) -> SimpleNamespace:  # noqa: C901, 
         hello=hello,
         tracked=tracked,
         flaky=flaky,
+        retry_sees_state=retry_sees_state,
         auto=auto,
         retry_without_exc=retry_without_exc,
         reject=reject,

@@ -91,6 +91,13 @@ def test_a_retrying_task_reports_retry_states_before_its_failure(stack: Stack) -
     assert seen == [states.RETRY, states.RETRY, states.FAILURE]
 
 
+def test_a_retry_is_sent_only_after_its_retry_state_is_stored(stack: Stack) -> None:
+    """Otherwise the next attempt could store its states first, and a late RETRY overwrite
+    them (its FAILURE, say)."""
+    with stack.worker():
+        assert stack.tasks.retry_sees_state.delay().get(timeout=TIMEOUT) == states.RETRY
+
+
 def test_autoretry_for_retries_with_exponential_backoff_then_fails(stack: Stack) -> None:
     with stack.worker():
         result = stack.tasks.auto.delay()

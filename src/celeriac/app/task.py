@@ -412,6 +412,12 @@ class Task(Generic[P, R]):
         if request.is_eager:
             eager = sig.apply()
             retry = Retry(exc=exc, when=eta or countdown, is_eager=True, sig=eager)
+        elif throw:
+            # Sent by the worker once it has stored the RETRY state: the next attempt can
+            # then never store its own states before this one's RETRY (which, with a
+            # short countdown on a busy machine, could overwrite the next one's FAILURE).
+            retry = Retry(exc=exc, when=eta or countdown, sig=sig)
+            retry.unsent = True
         else:
             sig.apply_async()
             retry = Retry(exc=exc, when=eta or countdown, sig=sig)

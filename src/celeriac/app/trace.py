@@ -27,7 +27,7 @@ from celeriac import signals, states
 from celeriac.app.chords import on_chord_part_return, task_ids
 from celeriac.app.state import current_request
 from celeriac.app.task import Context, Task
-from celeriac.canvas import maybe_signature
+from celeriac.canvas import Signature, maybe_signature
 from celeriac.exceptions import Ignore, Reject, Retry
 from celeriac.worker.job import ExceptionInfo, Job, Outcome
 
@@ -265,10 +265,20 @@ class Tracer:
                 task.backend.mark_as_retry(
                     job.id, cause, info.traceback, request=self._request_meta(task, request)
                 )
+        except Exception:
+            logger.exception("Recording the retry of %s[%s] failed", task.name, job.id)
+        if retry.unsent and isinstance(retry.sig, Signature):
+            try:
+                retry.sig.apply_async()
+            except Exception as exc:  # not retried after all: the task fails with the cause
+                logger.exception("Sending the retry of %s[%s] failed", task.name, job.id)
+                return self._failed(task, job, request, exc, runtime)
+            retry.unsent = False
+        try:
             task.on_retry(cause, job.id, job.args, job.kwargs, info)
             signals.task_retry.send(sender=task, request=request, reason=cause, einfo=info)
         except Exception:
-            logger.exception("Recording the retry of %s[%s] failed", task.name, job.id)
+            logger.exception("Handling the retry of %s[%s] failed", task.name, job.id)
         self._finish(task, job, states.RETRY, cause, info)
         return Outcome(
             states.RETRY, recorded=True, error=info, runtime=runtime, retry={"when": retry.when}
