@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.chord import chord, first_of
 from celeriac.canvas.group import group, maybe_unroll_group
-from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature, signatures
-from celeriac.canvas.workflow import Workflow
+from celeriac.canvas.signature import Call, Signature, signatures
+from celeriac.canvas.workflow import TaskList, Workflow
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
     from celeriac.result import AnyResult
 
 
-class chain(Workflow[Any]):
+class chain(TaskList[Any]):
     """``chain(a, b, c)`` (or ``a | b | c``): ``c(b(a()))``, each as its own task.
 
     ``chain(generator)`` takes the steps from an iterable. ``apply_async`` returns the last
@@ -38,25 +38,7 @@ class chain(Workflow[Any]):
         steps: Any = tasks
         if len(tasks) == 1 and not isinstance(tasks[0], Mapping):
             steps = tasks[0]
-        signatures = [maybe_signature(task, app)._copy() for task in steps]
-        if app is None and signatures:
-            app = signatures[0]._app
-        super().__init__("celery.chain", (), {"tasks": signatures}, options, "chain", app=app)
-
-    def _adopt(self) -> None:
-        tasks = self["kwargs"].get("tasks") or []
-        self["kwargs"]["tasks"] = [as_member(task, self._app) for task in tasks]
-
-    def _copy(self) -> chain:
-        sig = super()._copy()
-        sig["kwargs"]["tasks"] = [task._copy() for task in self.tasks]
-        return sig  # type: ignore[return-value]  # same class
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        """The steps (the chain's own list)."""
-        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
-        return tasks
+        self._init_tasks("celery.chain", steps, app, options)
 
     def __or__(self, other: Any) -> Any:
         """``chain | step``: a longer chain (a chain on the right is spliced in)."""

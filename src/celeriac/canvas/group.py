@@ -12,15 +12,15 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from celeriac.canvas.signature import Call, Signature, as_member, maybe_signature
-from celeriac.canvas.workflow import Workflow
+from celeriac.canvas.signature import Call, Signature, maybe_signature
+from celeriac.canvas.workflow import TaskList
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celery
     from celeriac.result import GroupResult
 
 
-class group(Workflow[list[Any]]):
+class group(TaskList[list[Any]]):
     """Tasks run in parallel: ``group(add.s(1, 1), add.s(2, 2))`` or ``group(iterable)``.
 
     Calling options given to the group (``group(..., queue="q")``) apply to every member.
@@ -34,25 +34,7 @@ class group(Workflow[list[Any]]):
             members = tasks[0]  # group([a, b]) or group(sig for ...)
         elif len(tasks) == 1 and isinstance(tasks[0], group):
             members = tasks[0].tasks
-        signatures = [maybe_signature(task, app)._copy() for task in members]
-        if app is None and signatures:
-            app = signatures[0]._app
-        super().__init__("celery.group", (), {"tasks": signatures}, options, "group", app=app)
-
-    def _adopt(self) -> None:
-        tasks = self["kwargs"].get("tasks") or []
-        self["kwargs"]["tasks"] = [as_member(task, self._app) for task in tasks]
-
-    def _copy(self) -> group:
-        sig = super()._copy()
-        sig["kwargs"]["tasks"] = [task._copy() for task in self.tasks]
-        return sig  # type: ignore[return-value]  # same class
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        """The members (the group's own list: changes to it change the group)."""
-        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
-        return tasks
+        self._init_tasks("celery.group", members, app, options)
 
     def __len__(self) -> int:
         return len(self.tasks)

@@ -9,7 +9,7 @@ call. ``aapply_async`` does the same for asyncio code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from celeriac.canvas.signature import (
     MEMBERSHIP_OPTIONS,
@@ -17,9 +17,12 @@ from celeriac.canvas.signature import (
     Call,
     R,
     Signature,
+    as_member,
+    maybe_signature,
 )
 
 if TYPE_CHECKING:
+    from celeriac.app.base import Celery
     from celeriac.result import AnyResult
 
 
@@ -125,3 +128,32 @@ def _add_to_parent(result: AnyResult) -> None:
     parent = current_request.get()
     if parent is not None and parent.id and not parent.called_directly:
         parent.children.append(result)
+
+
+class TaskList(Workflow[R]):
+    """A workflow whose tasks are one list under ``kwargs.tasks`` (chain, group)."""
+
+    def _init_tasks(
+        self, name: str, members: Any, app: Celery | None, options: Mapping[str, Any]
+    ) -> None:
+        """Build the signature of ``name`` over copies of ``members`` (the app of the first
+        member when none is given)."""
+        signatures = [maybe_signature(task, app)._copy() for task in members]
+        if app is None and signatures:
+            app = signatures[0]._app
+        super().__init__(name, (), {"tasks": signatures}, options, self.subtask_type_name, app=app)
+
+    def _adopt(self) -> None:
+        tasks = self["kwargs"].get("tasks") or []
+        self["kwargs"]["tasks"] = [as_member(task, self._app) for task in tasks]
+
+    def _copy(self) -> Self:
+        sig = super()._copy()
+        sig["kwargs"]["tasks"] = [task._copy() for task in self.tasks]
+        return sig  # type: ignore[return-value]  # same class
+
+    @property
+    def tasks(self) -> list[Signature[Any]]:
+        """The tasks (the workflow's own list: changes to it change the workflow)."""
+        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
+        return tasks
