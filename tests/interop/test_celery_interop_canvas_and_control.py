@@ -110,13 +110,16 @@ def test_celerys_event_receiver_decodes_a_celeriac_workers_heartbeats(pair: Pair
         if event["hostname"].startswith(node_name(pair)):
             seen.append(event)
 
-    with app.connection_for_read() as conn:
-        receiver = app.events.Receiver(conn, handlers={"worker-heartbeat": on_heartbeat})
-        deadline = time.monotonic() + TIMEOUT
-        with contextlib.suppress(TimeoutError):  # itercapture's socket timeout
-            for _ in receiver.itercapture(limit=None, timeout=TIMEOUT, wakeup=False):
-                if seen or time.monotonic() > deadline:
-                    break
+    try:
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"worker-heartbeat": on_heartbeat})
+            deadline = time.monotonic() + TIMEOUT
+            with contextlib.suppress(TimeoutError):  # itercapture's socket timeout
+                for _ in receiver.itercapture(limit=None, timeout=TIMEOUT, wakeup=False):
+                    if seen or time.monotonic() > deadline:
+                        break
+    finally:
+        app.close()
     assert seen, "no heartbeat of the worker was received"
     event = seen[0]
     assert event["type"] == "worker-heartbeat"
