@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -25,14 +22,7 @@ import redis
 from celeriac import states
 from celeriac.backends import backend_from_url
 from celeriac.backends.redis import RedisBackend, content_type_of, history_key
-from celeriac.testing import in_ci, service_url
-
-SHARED = "redis://127.0.0.1:6379/14"
-
-
-@pytest.fixture
-def shared_url() -> str:
-    return service_url(SHARED)
+from celeriac.testing.servers import PrivateRedis
 
 
 @pytest.fixture
@@ -49,29 +39,6 @@ def open_backend(shared_url: str) -> Iterator[Callable[..., RedisBackend]]:
     yield make
     for backend in opened:
         backend.close()
-
-
-@pytest.fixture
-def raw(shared_url: str) -> Iterator[redis.Redis]:
-    """A plain redis-py client on the shared db: what Celery (or a person) would use."""
-    client = redis.Redis.from_url(shared_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def task_ids(raw: redis.Redis) -> Iterator[Callable[[], str]]:
-    """Makes unique task ids; their keys are deleted after the test."""
-    made: list[str] = []
-
-    def new() -> str:
-        made.append(f"h3-{uuid.uuid4()}")
-        return made[-1]
-
-    yield new
-    keys = [f"celery-task-meta-{task_id}" for task_id in made]
-    if keys:
-        raw.delete(*keys, *[history_key(key) for key in keys])
 
 
 def celery_meta(task_id: str, status: str, result: Any) -> bytes:
@@ -323,54 +290,9 @@ def test_many_asyncio_waiters_share_the_listener(
 
 
 # -- a private redis-server: restarts and round trips -------------------------------------------
-class PrivateRedis:
-    """A ``redis-server`` of this test alone on a free port, without persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if in_ci():
-                pytest.fail("redis-server is not installed; CI=true, so it must be")
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.workdir = workdir
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [self.binary, *args, "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
-                    client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(tmp_path, appendonly=False)
     server.start()
     yield server
     server.stop()
@@ -394,7 +316,7 @@ def test_a_waiter_survives_a_redis_restart_and_sees_what_was_stored_meanwhile(
         private_redis.start()
         # Stored (and published) at once, most likely before the listener is back: only
         # the re-read after reconnecting can see it, the waiter's nap being 30 s.
-        with private_redis.client() as client:
+        with redis.Redis(port=private_redis.port) as client:
             celery_store(client, "t1", "SUCCESS", "after the restart")
         waiter.join(10)
         assert got == ["after the restart"]
@@ -411,7 +333,7 @@ def test_a_store_and_a_batch_of_stores_are_one_round_trip_each(private_redis: Pr
     backend = backend_from_url(private_redis.url)
     try:
         backend.mark_as_done("warm-up", 0)  # Loads the script once.
-        with private_redis.client() as client:
+        with redis.Redis(port=private_redis.port) as client:
             client.config_resetstat()
             backend.mark_as_done("t1", 1)
             backend.store_many([(f"b{i}", i, states.SUCCESS, None, None) for i in range(300)])

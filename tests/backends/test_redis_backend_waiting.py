@@ -20,42 +20,12 @@ import redis
 
 from celeriac import Celery, states
 from celeriac.backends import backend_from_url, redis_pubsub
-from celeriac.backends.redis import RedisBackend, history_key
-from celeriac.testing import service_url
-
-SHARED = "redis://127.0.0.1:6379/14"
+from celeriac.backends.redis import RedisBackend
 
 
 @pytest.fixture
-def url() -> str:
-    return service_url(SHARED)
-
-
-@pytest.fixture
-def raw(url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def task_ids(raw: redis.Redis) -> Iterator[Callable[[], str]]:
-    """Makes unique task ids; their keys are deleted after the test."""
-    made: list[str] = []
-
-    def new() -> str:
-        made.append(f"h9-{uuid.uuid4()}")
-        return made[-1]
-
-    yield new
-    keys = [f"celery-task-meta-{task_id}" for task_id in made]
-    if keys:
-        raw.delete(*keys, *[history_key(key) for key in keys])
-
-
-@pytest.fixture
-def backend(url: str) -> Iterator[RedisBackend]:
-    opened = backend_from_url(url)
+def backend(shared_url: str) -> Iterator[RedisBackend]:
+    opened = backend_from_url(shared_url)
     assert isinstance(opened, RedisBackend)
     yield opened
     opened.close()
@@ -163,9 +133,9 @@ def test_the_asyncio_face_takes_the_published_state_too(
 
 
 def test_a_client_that_reads_results_subscribes_when_it_sends(
-    url: str, task_ids: Callable[[], str], raw: redis.Redis
+    shared_url: str, task_ids: Callable[[], str], raw: redis.Redis
 ) -> None:
-    app = Celery("waiting", broker=f"memory://{uuid.uuid4().hex}", backend=url)
+    app = Celery("waiting", broker=f"memory://{uuid.uuid4().hex}", backend=shared_url)
 
     @app.task
     def add(x: int, y: int) -> int:

@@ -23,9 +23,10 @@ __all__ = ["PrivateRedis"]
 
 
 class PrivateRedis:
-    """A redis-server of this test's own, with an append-only file in ``directory``."""
+    """A redis-server of this test's own, with an append-only file in ``directory`` (or
+    nothing kept on disk, with ``appendonly=False``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, appendonly: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             reason = "redis-server is not installed"
@@ -34,6 +35,7 @@ class PrivateRedis:
             pytest.skip(reason)
         self.binary = binary
         self.directory = directory
+        self.appendonly = appendonly
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port: int = sock.getsockname()[1]
@@ -46,7 +48,7 @@ class PrivateRedis:
                 self.binary,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
-                "--appendonly", "yes",
+                "--appendonly", "yes" if self.appendonly else "no",
                 "--dir", str(self.directory),
                 "--save", "",
             ],
