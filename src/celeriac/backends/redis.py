@@ -75,7 +75,7 @@ from celeriac.backends.base import (
     Write,
 )
 from celeriac.backends.meta import GROUP_KEY_PREFIX, TASK_KEY_PREFIX
-from celeriac.backends.redis_pubsub import Listener, ServerAddress
+from celeriac.backends.redis_pubsub import Listener, ServerAddress, Ticket
 from celeriac.messaging.serialization import loads, registry
 
 HISTORY_PREFIX = "celeriac-history:"
@@ -442,15 +442,9 @@ class RedisBackend(ResultBackend):
         deadline = Deadline(timeout, interval)
         ticket = self.listener.watch([key])
         try:
-            while True:
-                ticket.clear()
-                meta = self._published_meta(ticket.take(key))
-                if meta is None and ticket.subscribed:
-                    # Subscribed: anything stored after this read is published to us.
-                    meta = self._ready_meta(key)
-                if meta is not None:
-                    return meta
+            while (meta := self._look(ticket, key)) is None:
                 ticket.wait(deadline.next_nap())
+            return meta
         finally:
             self.listener.unwatch(ticket)
 
@@ -468,16 +462,21 @@ class RedisBackend(ResultBackend):
         deadline = Deadline(timeout, interval)
         ticket = self.listener.watch([key], asyncio.get_running_loop())
         try:
-            while True:
-                ticket.clear()
-                meta = self._published_meta(ticket.take(key))
-                if meta is None and ticket.subscribed:
-                    meta = self._ready_meta(key)
-                if meta is not None:
-                    return meta
+            while (meta := self._look(ticket, key)) is None:
                 await ticket.await_fired(deadline.next_nap())
+            return meta
         finally:
             self.listener.unwatch(ticket)
+
+    def _look(self, ticket: Ticket, key: str) -> dict[str, Any] | None:
+        """One look for a waiter: the final state published to ``ticket`` since the last
+        look, else (once subscribed) the stored one; None while the task is not ready."""
+        ticket.clear()
+        meta = self._published_meta(ticket.take(key))
+        if meta is None and ticket.subscribed:
+            # Subscribed: anything stored after this read is published to us.
+            meta = self._ready_meta(key)
+        return meta
 
     def _ready_meta(self, key: str) -> dict[str, Any] | None:
         record = self._get(key)
